@@ -1,0 +1,91 @@
+"""Scene separation: cut the verified-pair graph where two groups hang together weakly.
+
+Look-alike scenes (IMC2025's ETs) give false pairs with tens of inliers, enough for the mapper
+to merge two scenes into one model. Within a real scene, images are tied by many strong pairs;
+between look-alike scenes by few, weak ones. The graph (images, pairs weighted by inliers) is
+split recursively along its spectral (Fiedler) sweep cut while the cut's conductance
+`w(S, ~S) / min(vol S, vol ~S)` is below `max_cut_ratio` and both sides keep at least
+`min_size` images; the pairs across accepted cuts are removed before mapping.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse.csgraph as csgraph
+
+from .log import logger
+
+
+def weight_matrix(names: list[str], verified: dict[tuple[str, str], dict]) -> np.ndarray:
+    """[N x N] symmetric inlier counts."""
+    index = {n: i for i, n in enumerate(names)}
+    w = np.zeros((len(names), len(names)))
+    for (a, b), v in verified.items():
+        if a in index and b in index:
+            i, j = index[a], index[b]
+            w[i, j] = w[j, i] = len(v["inliers"])
+    return w
+
+
+def best_sweep_cut(w: np.ndarray) -> tuple[np.ndarray, float]:
+    """The sweep cut of the Fiedler vector of the normalised Laplacian with least conductance.
+
+    w: [n x n] weights of one connected group (n >= 2). Returns: boolean side [n], conductance.
+    """
+    deg = w.sum(1)
+    d = 1.0 / np.sqrt(np.maximum(deg, 1e-12))
+    lap = np.eye(len(w)) - d[:, None] * w * d[None, :]
+    _, vecs = np.linalg.eigh(lap)
+    order = np.argsort(vecs[:, 1] * d, kind="stable")
+    total = deg.sum()
+    best, best_phi = None, np.inf
+    inside = np.zeros(len(w), bool)
+    cut, vol = 0.0, 0.0
+    for pos in order[:-1]:
+        # moving `pos` inside: edges to inside stop being cut, edges to outside start
+        cut += w[pos, ~inside].sum() - w[pos, inside].sum() - w[pos, pos]
+        inside[pos] = True
+        vol += deg[pos]
+        phi = cut / max(min(vol, total - vol), 1e-12)
+        if phi < best_phi:
+            best_phi, best = phi, inside.copy()
+    return best, float(best_phi)
+
+
+def split_groups(w: np.ndarray, max_cut_ratio: float, min_size: int) -> list[np.ndarray]:
+    """Connected groups, recursively split at weak cuts; a list of index arrays."""
+    n_comp, labels = csgraph.connected_components(w > 0, directed=False)
+    todo = [np.flatnonzero(labels == c) for c in range(n_comp)]
+    done = []
+    while todo:
+        idx = todo.pop()
+        if len(idx) < 2 * min_size:
+            done.append(idx)
+            continue
+        side, phi = best_sweep_cut(w[np.ix_(idx, idx)])
+        small = min(side.sum(), (~side).sum())
+        if phi < max_cut_ratio and small >= min_size:
+            logger.info("clustering: cut %d | %d images (conductance %.3f)",
+                        side.sum(), (~side).sum(), phi)
+            todo += [idx[side], idx[~side]]
+        else:
+            done.append(idx)
+    return sorted(done, key=lambda g: (-len(g), g[0]))
+
+
+def main(
+    conf: dict, names: list[str], verified: dict[tuple[str, str], dict]
+) -> dict[tuple[str, str], dict]:
+    """Remove the pairs that join weakly tied groups; returns the verified pairs kept."""
+    if not conf["enabled"] or len(names) < 2 or not verified:
+        return verified
+    w = weight_matrix(names, verified)
+    groups = split_groups(w, conf["max_cut_ratio"], conf["min_size"])
+    label = np.empty(len(names), int)
+    for g, idx in enumerate(groups):
+        label[idx] = g
+    index = {n: i for i, n in enumerate(names)}
+    kept = {p: v for p, v in verified.items() if label[index[p[0]]] == label[index[p[1]]]}
+    logger.info("clustering: %d groups %s, %d of %d pairs kept", len(groups),
+                [len(g) for g in groups], len(kept), len(verified))
+    return kept

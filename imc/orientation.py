@@ -1,0 +1,151 @@
+"""Rotation canonicalization: each image's in-plane rotation in 90-degree steps.
+
+ALIKED and LightGlue are not rotation invariant. For each image, small features are extracted at
+0/90/180/270 degrees. Each image is paired with its most similar images (a rotation-robust
+global descriptor: the best over rotations of mean-pooled ALIKED descriptors), and for each pair
+the query's four rotations are matched against the neighbour upright; the rotation with the
+most MAGSAC inliers gives the relative rotation `k_i - k_j (mod 4)`. Relative rotations are
+chained along a maximum spanning tree of the confident pairs, and each connected group is
+offset so that most of its images keep their stored orientation.
+
+Output: image name -> k, where `imc.images.rotate(image, k)` is the image to extract features on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .cache import atomic_write_text
+from .images import ImageReadError, read_image
+from .log import logger
+
+
+def rotated_features(model, image: np.ndarray, conf: dict, device) -> list[dict]:
+    """Small features of `rotate(image, k)` for k = 0..3 (see features.extract_image)."""
+    from .features import extract_image
+
+    return [extract_image(model, image, conf, rotation_k=k, device=device) for k in range(4)]
+
+
+def pooled_descriptor(descriptors: np.ndarray) -> np.ndarray:
+    """[N x D] local descriptors -> [D] L2-normalised mean (zeros when N == 0)."""
+    if len(descriptors) == 0:
+        return np.zeros(descriptors.shape[1] if descriptors.ndim == 2 else 128, np.float32)
+    g = descriptors.astype(np.float64).mean(0)
+    return (g / max(np.linalg.norm(g), 1e-12)).astype(np.float32)
+
+
+def neighbour_pairs(pooled: np.ndarray, num_neighbors: int) -> list[tuple[int, int]]:
+    """pooled: [N x 4 x D]. Pairs (i, j), i < j, linking each image to its most similar ones,
+    similarity being the best over the relative rotation of <g_i(r), g_j(0)>."""
+    n = len(pooled)
+    if n < 2:
+        return []
+    sim = np.einsum("ird,jd->ijr", pooled, pooled[:, 0]).max(axis=2)
+    sim = np.maximum(sim, sim.T)
+    np.fill_diagonal(sim, -np.inf)
+    pairs = set()
+    for i in range(n):
+        for j in np.argsort(-sim[i], kind="stable")[: min(num_neighbors, n - 1)]:
+            pairs.add((min(i, int(j)), max(i, int(j))))
+    return sorted(pairs)
+
+
+def count_inliers(f0: dict, f1: dict, matches: np.ndarray) -> int:
+    """MAGSAC inliers of matches between two upright feature sets."""
+    if len(matches) < 8:
+        return 0
+    p0 = f0["keypoints_upright"][matches[:, 0]].astype(np.float64)
+    p1 = f1["keypoints_upright"][matches[:, 1]].astype(np.float64)
+    cv2.setRNGSeed(0)
+    _, mask = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, 1.0, 0.999, 2000)
+    return 0 if mask is None else int(mask.sum())
+
+
+def relative_rotation(match_fn, feats_i: list[dict], feat_j: dict) -> np.ndarray:
+    """[4] inlier counts when image i rotated by r is matched against image j upright."""
+    return np.array([count_inliers(feats_i[r], feat_j, match_fn(feats_i[r], feat_j)[0])
+                     for r in range(4)])
+
+
+def solve_rotations(n: int, edges: list[tuple[int, int, int, float]]) -> np.ndarray:
+    """Absolute rotations from relative ones.
+
+    edges: (i, j, r, weight) meaning k_i = k_j + r (mod 4), with a confidence weight.
+    Returns: [n] int k; chained along a maximum spanning tree (Kruskal), each connected group
+    offset so that as many of its images as possible have k = 0 (ties: the smaller offset).
+    """
+    parent = list(range(n))
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    adj: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for i, j, r, _ in sorted(edges, key=lambda e: (-e[3], e[0], e[1])):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[ri] = rj
+            adj[i].append((j, r))  # k_i = k_j + r
+            adj[j].append((i, -r))  # k_j = k_i - r
+    k = np.full(n, -1)
+    for start in range(n):
+        if k[start] >= 0:
+            continue
+        group, k[start], stack = [start], 0, [start]
+        while stack:
+            a = stack.pop()
+            for b, r in adj[a]:  # k_a = k_b + r  ->  k_b = k_a - r
+                if k[b] < 0:
+                    k[b] = (k[a] - r) % 4
+                    group.append(b)
+                    stack.append(b)
+        counts = np.bincount(k[group], minlength=4)
+        offset = int(np.argmax(counts))  # shift so that the commonest rotation becomes 0
+        k[group] = (k[group] - offset) % 4
+    return k
+
+
+def main(
+    conf: dict, feature_conf: dict, names: list[str], paths: dict[str, Path],
+    feature_model, match_fn, out_dir: Path, device="cpu", apply_exif: bool = False,
+) -> dict[str, int]:
+    """Estimate each image's rotation; cached as `<out_dir>/rotations.json`."""
+    out = Path(out_dir) / "rotations.json"
+    if out.exists():
+        cached = json.loads(out.read_text())
+        if set(cached) == set(names):
+            return {n: int(v) for n, v in cached.items()}
+    if not conf["enabled"] or len(names) < 2:
+        return {n: 0 for n in names}
+    small = {**feature_conf, "resize_long_side": conf["resize_long_side"],
+             "max_keypoints": conf["max_keypoints"]}
+    feats: list[list[dict]] = []
+    for name in tqdm(names, desc="orientation features", unit="img", mininterval=2):
+        try:
+            image = read_image(paths[name], apply_exif)
+        except ImageReadError:
+            image = np.zeros((64, 64, 3), np.uint8)  # reported by the feature stage
+        feats.append(rotated_features(feature_model, image, small, device))
+    pooled = np.stack([[pooled_descriptor(f["descriptors"]) for f in fs] for fs in feats])
+    pairs = neighbour_pairs(pooled, conf["num_neighbors"])
+    edges = []
+    for i, j in tqdm(pairs, desc="orientation pairs", unit="pair", mininterval=2):
+        counts = relative_rotation(match_fn, feats[i], feats[j][0])
+        order = np.argsort(-counts, kind="stable")
+        best, second = counts[order[0]], counts[order[1]]
+        if best >= 15 and best >= conf["min_ratio"] * max(second, 1):
+            edges.append((i, j, int(order[0]), float(best)))
+    k = solve_rotations(len(names), edges)
+    result = {n: int(k[i]) for i, n in enumerate(names)}
+    rotated = {n: v for n, v in result.items() if v}
+    logger.info("orientation: %d of %d images rotated %s", len(rotated), len(names), rotated)
+    atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True))
+    return result

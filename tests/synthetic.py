@@ -1,0 +1,75 @@
+"""A synthetic multi-view scene with exact geometry, for unit tests of the geometric stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+
+from imc.cache import h5_key
+
+
+def look_at(center: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """World-to-camera rotation of a camera at `center` looking at `target` (y down)."""
+    z = target - center
+    z /= np.linalg.norm(z)
+    x = np.cross([0.0, -1.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    return np.stack([x, y, z])
+
+
+def make_scene(n_cams=6, n_points=600, seed=0, w=640, h=480, noise=0.3, outlier_frac=0.1):
+    """Cameras on an arc around a point cloud; keypoints = noisy projections + outliers.
+
+    Returns dict: K [3x3], poses list of (R, t), keypoints list of [N x 2] (pixel centre 0),
+    matches {(i, j): [M x 2]} between every camera pair (true correspondences + random ones).
+    """
+    rng = np.random.default_rng(seed)
+    pts = rng.uniform(-1, 1, (n_points, 3)) * [1.5, 1.0, 0.6]
+    f = 1.2 * max(w, h)
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    poses, kpts, vis = [], [], []
+    for i in range(n_cams):
+        a = np.deg2rad(-40 + 80 * i / max(n_cams - 1, 1))
+        c = np.array([5 * np.sin(a), -0.5, -5 * np.cos(a)])
+        R = look_at(c, np.zeros(3))
+        t = -R @ c
+        poses.append((R, t))
+        x = (K @ (pts @ R.T + t).T).T
+        uv = x[:, :2] / x[:, 2:] - 0.5  # COLMAP centre +0.5 -> imc convention
+        uv += rng.normal(0, noise, uv.shape)
+        vis.append((uv[:, 0] > 0) & (uv[:, 0] < w - 1) & (uv[:, 1] > 0) & (uv[:, 1] < h - 1))
+        kpts.append(uv.astype(np.float32))
+    matches = {}
+    for i in range(n_cams):
+        for j in range(i + 1, n_cams):
+            idx = np.flatnonzero(vis[i] & vis[j])
+            m = np.stack([idx, idx], 1)
+            n_out = int(outlier_frac * len(m))
+            wrong = np.stack([rng.integers(0, n_points, n_out), rng.integers(0, n_points, n_out)], 1)
+            matches[(i, j)] = np.concatenate([m, wrong]).astype(np.int32)
+    return {"K": K, "poses": poses, "keypoints": kpts, "matches": matches, "size": (w, h)}
+
+
+def write_features(scene: dict, names: list[str], path: Path) -> Path:
+    """The features.h5 layout the geometric stages read (keypoints + image_size)."""
+    with h5py.File(path, "w") as f:
+        for name, k in zip(names, scene["keypoints"]):
+            g = f.create_group(h5_key(name))
+            g.create_dataset("keypoints", data=k)
+            g.attrs["image_size"] = scene["size"]
+            g.attrs["done"] = True
+    return path
+
+
+def write_images(scene: dict, names: list[str], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = scene["size"]
+    out = []
+    for name in names:
+        cv2.imwrite(str(folder / name), np.full((h, w, 3), 128, np.uint8))
+        out.append(folder / name)
+    return out
