@@ -27,13 +27,14 @@ class ImageInfo:
     """One input image.
 
     name: the value of the year's image column (2025: file name in the dataset folder;
-        2024: `image_name`; 2023: `image_path` relative to the data root).
+        2024: `image_name`; 2023: `image_path` relative to the split folder,
+        `<dataset>/<scene>/images/<file>`).
     path: the file on disk.
     scene: reference scene label (labels present; `outliers` for unrelated images), or the
         scene column of the test folder (2023/2024); None when unknown.
     R: [3 x 3] float64 world-to-camera rotation, or None (no reference pose).
     t: [3] float64 translation, or None.
-    image_id: the sample submission's `image_id` (2025), if any.
+    image_id: the sample submission's row key: `image_id` (2025) or `image_path` (2023/2024).
     """
 
     name: str
