@@ -1,0 +1,234 @@
+"""Local features: ALIKED keypoints and descriptors for every image of a dataset.
+
+Each image is read as stored, rotated by its canonical k x 90 degrees (orientation stage),
+resized to `resize_long_side` and described. Output `features.h5`, one group per image
+(`imc.cache.h5_key(name)`):
+
+    keypoints           [N x 2] float32, stored image pixels (pixel centre at 0)
+    keypoints_upright   [N x 2] float32, pixels of the rotated and resized image (matching)
+    descriptors         [N x 128] float32, L2-normalised
+    scores              [N] float32, detection scores
+    attrs: rotation (k), image_size (W, H) stored, upright_size (W, H) rotated and resized,
+           done; an unreadable image has attrs failed (the message) and done instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cache import h5_key, resumable_h5
+from .data import Dataset
+from .errors import ImcError
+from .images import (
+    ImageReadError,
+    read_image,
+    rescale_points,
+    resize_long_side,
+    rotate,
+    unrotate_points,
+)
+from .log import logger
+from .weights import load_state_dict, load_strict
+
+ARRAYS = ("keypoints", "keypoints_upright", "descriptors", "scores")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A local-feature model: how to build it from the features conf, and its weights."""
+
+    build: Callable[[dict], torch.nn.Module]
+    weights: str
+    descriptor_dim: int
+    allowed_missing: tuple[str, ...] = ()
+
+
+def _aliked(variant: str) -> Callable[[dict], torch.nn.Module]:
+    def build(conf: dict) -> torch.nn.Module:
+        from kornia.feature.aliked.aliked import ALIKED
+
+        return ALIKED(
+            model_name=variant,
+            max_num_keypoints=conf["max_keypoints"],
+            detection_threshold=conf["detection_threshold"],
+            nms_radius=conf["nms_radius"],
+        )
+
+    return build
+
+
+MODELS: dict[str, ModelSpec] = {
+    # dkd.hw_grid is a buffer computed at construction, absent from the official file.
+    "aliked-n16": ModelSpec(_aliked("aliked-n16"), "aliked-n16.pth", 128, ("dkd.hw_grid",)),
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ImcError(f"unknown feature model '{name}' (valid: {', '.join(MODELS)})")
+    return MODELS[name]
+
+
+def build_model(conf: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The feature model of `conf["model"]` with checked, strictly loaded weights, in eval
+    mode, float32 on `device`."""
+    spec = model_spec(conf["model"])
+    model = spec.build(conf)
+    load_strict(model, load_state_dict(spec.weights), spec.allowed_missing, name=spec.weights)
+    return model.eval().float().to(device)
+
+
+def _set_detection(model: torch.nn.Module, conf: dict) -> None:
+    """Apply conf's keypoint budget and threshold to an ALIKED model (as its constructor does),
+    so that one model serves several confs (the orientation stage's smaller budget)."""
+    dkd = getattr(model, "dkd", None)
+    if dkd is None:
+        return
+    if dkd.radius != conf["nms_radius"]:
+        raise ImcError(f"model built with nms_radius {dkd.radius}, conf asks {conf['nms_radius']}")
+    threshold, budget = conf["detection_threshold"], conf["max_keypoints"]
+    dkd.scores_th = threshold
+    dkd.top_k = -1 if threshold > 0 else budget
+    dkd.n_limit = budget if budget > 0 else model.n_limit_max
+
+
+def extract_image(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    conf: dict,
+    rotation_k: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Detect and describe one image.
+
+    image: [H x W x 3] uint8, the stored pixels. rotation_k: the image is rotated by k x 90
+    degrees counter-clockwise (imc.images.rotate) before detection.
+    Returns: keypoints [N x 2] float32 (stored frame, pixel centre at 0), keypoints_upright
+    [N x 2] float32 (rotated-resized frame), descriptors [N x D] float32, scores [N] float32,
+    image_size (W, H) stored, upright_size (W, H) rotated and resized.
+    The keypoint budget and threshold come from `conf` (max_keypoints, detection_threshold).
+    """
+    h, w = image.shape[:2]
+    upright, scale = resize_long_side(rotate(image, rotation_k), conf["resize_long_side"])
+    x = torch.tensor(upright, device=device).permute(2, 0, 1)[None].float() / 255.0
+    _set_detection(model, conf)
+    with torch.inference_mode():
+        feats = model(x)[0]
+    kpts_up = feats.keypoints.float().cpu().numpy().reshape(-1, 2).astype(np.float32)
+    descriptors = feats.descriptors.float().cpu().numpy().astype(np.float32)  # [N x D], N >= 0
+    kpts = unrotate_points(rescale_points(kpts_up, scale), rotation_k, (w, h))
+    return {
+        "keypoints": kpts.astype(np.float32),
+        "keypoints_upright": kpts_up,
+        "descriptors": descriptors.reshape(len(kpts_up), descriptors.shape[-1]),
+        "scores": feats.keypoint_scores.float().cpu().numpy().reshape(-1).astype(np.float32),
+        "image_size": (w, h),
+        "upright_size": (upright.shape[1], upright.shape[0]),
+    }
+
+
+def _write(f: h5py.File, key: str, feats: dict, rotation_k: int) -> None:
+    if key in f:
+        del f[key]
+    g = f.create_group(key)
+    for name in ARRAYS:
+        g.create_dataset(name, data=feats[name])
+    g.attrs["rotation"] = int(rotation_k)
+    g.attrs["image_size"] = np.asarray(feats["image_size"], dtype=np.int64)
+    g.attrs["upright_size"] = np.asarray(feats["upright_size"], dtype=np.int64)
+    g.attrs["done"] = True
+
+
+def _write_failed(f: h5py.File, key: str, message: str, rotation_k: int) -> None:
+    if key in f:
+        del f[key]
+    g = f.create_group(key)
+    g.attrs["failed"] = message
+    g.attrs["rotation"] = int(rotation_k)
+    g.attrs["done"] = True
+
+
+def _is_done(f: h5py.File, key: str, rotation_k: int) -> bool:
+    if key not in f:
+        return False
+    attrs = f[key].attrs
+    return bool(attrs.get("done", False)) and int(attrs.get("rotation", -1)) == rotation_k
+
+
+def main(
+    conf: dict,
+    dataset: Dataset,
+    out_dir: Path,
+    rotations: dict[str, int] | None = None,
+    device: str | torch.device = "cpu",
+    apply_exif: bool = False,
+) -> Path:
+    """Extract features of every image of `dataset` into `<out_dir>/features.h5`.
+
+    rotations: image name -> k (x 90 degrees counter-clockwise) to make it upright; 0 if absent.
+    Resumable: images already done with the same rotation are skipped. An unreadable image is
+    logged and recorded as failed (see `failed_images`); the others go on.
+    """
+    out = Path(out_dir) / "features.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rotations = rotations or {}
+    logger.info("features: %s, %d images, %s", dataset.name, len(dataset.images), conf)
+    model = None
+    with resumable_h5(out) as f:
+        todo = [
+            im
+            for im in dataset.images
+            if not _is_done(f, h5_key(im.name), rotations.get(im.name, 0) % 4)
+        ]
+        if len(todo) < len(dataset.images):
+            logger.info("features: %d images already done", len(dataset.images) - len(todo))
+        for im in tqdm(todo, desc="features", unit="image", mininterval=2, disable=not todo):
+            k = rotations.get(im.name, 0) % 4
+            try:
+                image = read_image(im.path, apply_exif=apply_exif)
+            except ImageReadError as e:
+                logger.warning("features: skipping unreadable image %s: %s", im.path, e)
+                _write_failed(f, h5_key(im.name), str(e), k)
+                continue
+            if model is None:
+                model = build_model(conf, device)
+            _write(f, h5_key(im.name), extract_image(model, image, conf, k, device), k)
+    return out
+
+
+def load_features(path: Path, name: str) -> dict:
+    """The arrays and attributes of image `name` in a features.h5 (see the module docstring).
+
+    Raises ImcError when the image is absent or its extraction failed.
+    """
+    with h5py.File(path, "r") as f:
+        key = h5_key(name)
+        if key not in f:
+            raise ImcError(f"{path}: no features for image '{name}'")
+        return read_group(f[key], name)
+
+
+def read_group(g: h5py.Group, name: str) -> dict:
+    """One image's group of an open features.h5 -> dict of arrays and attributes."""
+    if "failed" in g.attrs:
+        raise ImcError(f"features of image '{name}' failed: {g.attrs['failed']}")
+    out = {k: g[k][()] for k in ARRAYS}
+    out["image_size"] = tuple(int(v) for v in g.attrs["image_size"])
+    out["upright_size"] = tuple(int(v) for v in g.attrs["upright_size"])
+    out["rotation"] = int(g.attrs["rotation"])
+    return out
+
+
+def failed_images(path: Path) -> dict[str, str]:
+    """Image name -> error message for the images that could not be read."""
+    from .cache import h5_name
+
+    with h5py.File(path, "r") as f:
+        return {h5_name(k): str(g.attrs["failed"]) for k, g in f.items() if "failed" in g.attrs}

@@ -1,0 +1,185 @@
+"""LightGlue matching: strict weights, real-pair quality, upright matching of a rotated image,
+empty cases, and the resumable matches.h5 stage."""
+
+from __future__ import annotations
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from imc import features, matching
+from imc.cache import h5_key, pair_key
+from imc.data import Dataset, ImageInfo
+from imc.errors import ImcError
+from imc.images import read_image
+from imc.settings import weights_dirs
+from imc.weights import load_state_dict
+
+FEATURES = {
+    "model": "aliked-n16",
+    "resize_long_side": 512,
+    "max_keypoints": 512,
+    "detection_threshold": 0.2,
+    "nms_radius": 2,
+}
+CONF = {
+    "model": "lightglue-aliked",
+    "filter_threshold": 0.1,
+    "depth_confidence": 0.95,
+    "width_confidence": 0.99,
+    "half_precision": False,
+    "cpu_bfloat16": False,
+    "min_matches": 15,
+}
+WEIGHTS = ("aliked-n16.pth", "aliked_lightglue.pth")
+
+
+@pytest.fixture(scope="module")
+def models():
+    if not all(any((d / n).is_file() for d in weights_dirs()) for n in WEIGHTS):
+        pytest.skip("weights absent: run `make weights` (python -m imc.weights fetch)")
+    return features.build_model(FEATURES), matching.build_model(CONF)
+
+
+@pytest.fixture(scope="module")
+def temple(bench_root, models):
+    """Neighbouring templeRing views 1 and 2, and view 2 stored upside down (k=2 upright)."""
+    paths = [bench_root / "train" / "templeRing" / f"templeR000{i}.png" for i in (1, 2)]
+    images = [read_image(p) for p in paths]
+    aliked = models[0]
+    feats = [features.extract_image(aliked, im, FEATURES) for im in images]
+    flipped = np.ascontiguousarray(images[1][::-1, ::-1])
+    return paths, images, feats, features.extract_image(aliked, flipped, FEATURES, rotation_k=2)
+
+
+def magsac_inlier_ratio(k0: np.ndarray, k1: np.ndarray, matches: np.ndarray) -> float:
+    cv2.setRNGSeed(0)
+    p0, p1 = k0[matches[:, 0]].astype(np.float64), k1[matches[:, 1]].astype(np.float64)
+    _, mask = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, 1.0, 0.9999, 10000)
+    return float(mask.mean())
+
+
+def test_unknown_matcher_lists_valid():
+    with pytest.raises(ImcError, match=r"unknown matcher 'superglue' \(valid: lightglue-aliked\)"):
+        matching.build_model({**CONF, "model": "superglue"})
+
+
+def test_model_built_without_download_and_loaded_strictly(models):
+    lg = models[1]
+    assert not lg.training and lg.conf.input_dim == 128
+    assert lg.conf.filter_threshold == 0.1 and lg.conf.width_confidence == 0.99
+    state = load_state_dict("aliked_lightglue.pth")
+    assert torch.equal(lg.input_proj.weight, state["input_proj.weight"])
+    assert lg.input_proj.weight.shape == (256, 128)
+    assert {p.dtype for p in lg.parameters()} == {torch.float32}  # half only on CUDA
+
+
+def test_neighbouring_views_match(models, temple):
+    _, _, (f0, f1), _ = temple
+    matches, scores = matching.match_pair(models[1], f0, f1)
+    assert matches.dtype == np.int32 and matches.shape[1] == 2
+    assert scores.dtype == np.float32 and scores.shape == (len(matches),)
+    assert len(matches) > 100
+    assert matches[:, 0].max() < len(f0["keypoints"]) and matches[:, 1].max() < len(f1["keypoints"])
+    assert len(np.unique(matches[:, 0])) == len(matches)  # mutual one-to-one
+    assert len(np.unique(matches[:, 1])) == len(matches)
+    assert scores.min() > 0.1 and scores.max() <= 1
+    assert magsac_inlier_ratio(f0["keypoints"], f1["keypoints"], matches) > 0.8
+
+
+def test_rotated_image_matches_upright_and_indexes_stored_keypoints(models, temple):
+    """View 2 stored upside down and canonicalized (k=2) matches like the upright one, and
+    the matches index its stored keypoints: the epipolar fit holds in stored pixels."""
+    _, _, (f0, f1), f1_flipped = temple
+    matches, _ = matching.match_pair(models[1], f0, f1_flipped)
+    upright, _ = matching.match_pair(models[1], f0, f1)
+    assert len(matches) == len(upright)
+    np.testing.assert_array_equal(matches, upright)  # the network saw the same pixels
+    assert magsac_inlier_ratio(f0["keypoints"], f1_flipped["keypoints"], matches) > 0.8
+    # Stored keypoints of the flipped copy are (W-1-x, H-1-y) of the upright ones.
+    np.testing.assert_allclose(f1_flipped["keypoints"], [639, 479] - f1["keypoints"], atol=1e-3)
+
+
+def test_precision_choice(models, temple):
+    """half_precision applies on CUDA only; cpu_bfloat16 runs LightGlue in bfloat16 on CPU,
+    with nearly the same matches."""
+    assert next(matching.build_model({**CONF, "half_precision": True}).parameters()).dtype == (
+        torch.float32
+    )
+    bf16 = matching.build_model({**CONF, "cpu_bfloat16": True})
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    _, _, (f0, f1), _ = temple
+    matches, scores = matching.match_pair(bf16, f0, f1)
+    reference, _ = matching.match_pair(models[1], f0, f1)
+    assert scores.dtype == np.float32
+    common = {tuple(m) for m in matches} & {tuple(m) for m in reference}
+    assert len(common) > 0.9 * len(reference)
+
+
+def test_few_keypoints_give_empty(models, temple):
+    f0 = temple[2][0]
+    for n in (0, 1):
+        few = {**f0, "keypoints_upright": f0["keypoints_upright"][:n]}
+        few["descriptors"] = f0["descriptors"][:n]
+        for a, b in ((few, f0), (f0, few)):
+            matches, scores = matching.match_pair(models[1], a, b)
+            assert matches.shape == (0, 2) and matches.dtype == np.int32
+            assert scores.shape == (0,) and scores.dtype == np.float32
+
+
+def test_descriptor_size_mismatch(models, temple):
+    f0 = temple[2][0]
+    wrong = {**f0, "descriptors": np.zeros((len(f0["descriptors"]), 256), np.float32)}
+    with pytest.raises(ImcError, match="descriptors of size 256; this matcher takes 128"):
+        matching.match_pair(models[1], f0, wrong)
+
+
+def test_stage_writes_resumes_and_skips_failed(models, temple, tmp_path):
+    paths, _, (f0, f1), _ = temple
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"")
+    a, b = "scene/templeR0001.png", "templeR0002.png"
+    ds = Dataset("t", "t", [ImageInfo(a, paths[0]), ImageInfo(b, paths[1]), ImageInfo("x", bad)])
+    mp = pytest.MonkeyPatch()
+    mp.setattr(features, "build_model", lambda conf, device="cpu": models[0])
+    mp.setattr(matching, "build_model", lambda conf, device="cpu": models[1])
+    calls = []
+    real = matching._match
+
+    def counting(*args):
+        calls.append(1)
+        if crash and len(calls) == 2:
+            raise RuntimeError("crash")
+        return real(*args)
+
+    mp.setattr(matching, "_match", counting)
+    try:
+        feats = features.main(FEATURES, ds, tmp_path / "f")
+        pairs = [(a, b), (a, "x"), (b, a)]
+        crash = True
+        with pytest.raises(RuntimeError, match="crash"):
+            matching.main(CONF, pairs, feats, tmp_path / "m")
+        assert (tmp_path / "m" / "matches.h5.partial").exists()
+        crash = False
+        out = matching.main(CONF, pairs, feats, tmp_path / "m")
+        assert len(calls) == 3  # (a, b) kept; (b, a) redone; (a, x) skipped
+        matching.main(CONF, pairs, feats, tmp_path / "m")
+        assert len(calls) == 3  # second run: no work
+    finally:
+        mp.undo()
+    assert out == tmp_path / "m" / "matches.h5"
+    with h5py.File(out, "r") as f:
+        assert pair_key(a, b) == f"{h5_key(a)}/{h5_key(b)}" == "scene-SL-templeR0001.png/" + b
+        assert set(f[h5_key(a)]) == {h5_key(b)}  # nothing with the failed image
+        g = f[pair_key(a, b)]
+        assert g.attrs["done"] and g["matches"].dtype == np.int32 and g["matches"].shape[1] == 2
+    matches, scores = matching.load_matches(out, a, b)
+    expected, expected_scores = matching.match_pair(models[1], f0, f1)
+    np.testing.assert_array_equal(matches, expected)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5)
+    back, _ = matching.load_matches(out, b, a)
+    assert abs(len(back) - len(matches)) <= 0.1 * len(matches)
+    with pytest.raises(ImcError, match=r"no matches for pair \(scene/templeR0001.png, x\)"):
+        matching.load_matches(out, a, "x")
