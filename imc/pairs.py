@@ -1,0 +1,136 @@
+"""Pair selection: k nearest neighbours of the global descriptors (FAISS inner product).
+
+Each image is paired with its `num_neighbors` most similar images (cosine similarity of the
+L2-normalised global descriptors); the relation is made symmetric, and a pair whose
+similarity is below `min_similarity` is dropped. A dataset with fewer than
+`exhaustive_below` images uses all its pairs. Pairs are `(a, b)` with a before b in the
+dataset order, sorted by that order.
+
+Output `pairs.txt`: hloc's format, one pair `a b` per line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .cache import atomic_write_text
+from .errors import ImcError
+from .log import logger
+from .retrieval import load_global
+
+GPU_MIN_IMAGES = 5000  # below this the CPU search takes milliseconds; a GPU brings nothing
+
+
+def knn(desc: np.ndarray, k: int, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inner-product k-NN of every row among all rows (itself included).
+
+    desc: [N x D] float32. Returns similarities [N x k'] float32 and indices [N x k'] int64,
+    best first, k' = min(k, N). A faiss GPU index is used when `use_gpu` (None: when a GPU
+    is visible to faiss and N >= GPU_MIN_IMAGES).
+    """
+    x = np.ascontiguousarray(desc, dtype=np.float32)
+    k = min(k, len(x))
+    index = faiss.IndexFlatIP(x.shape[1])
+    if use_gpu is None:
+        use_gpu = len(x) >= GPU_MIN_IMAGES and _num_gpus() > 0
+    if use_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(x)
+    sims, idx = index.search(x, k)
+    return sims, idx
+
+
+def _num_gpus() -> int:
+    try:
+        return faiss.get_num_gpus()
+    except AttributeError:
+        return 0
+
+
+def pairs_from_descriptors(
+    names: list[str],
+    desc: np.ndarray,
+    k: int,
+    min_similarity: float,
+    exhaustive_below: int,
+    with_scores: bool = False,
+) -> list[tuple[str, str]] | list[tuple[str, str, float]]:
+    """Select the image pairs to match.
+
+    names: [N] image names, in dataset order. desc: [N x D] global descriptors (normalised
+    here, so similarities are cosines).
+    k: neighbours per image. min_similarity: pairs below it are dropped (k-NN mode only).
+    exhaustive_below: N below it -> all N (N - 1) / 2 pairs.
+    Returns: pairs (a, b), a before b in `names`, sorted by (index a, index b); with
+    `with_scores`, triples (a, b, cosine similarity).
+    """
+    n = len(names)
+    if desc.shape[0] != n:
+        raise ValueError(f"{n} names but {desc.shape[0]} descriptors")
+    if n < 2:
+        return []
+    x = desc.astype(np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    if n < exhaustive_below:
+        i, j = np.triu_indices(n, 1)
+    else:
+        i, j = _knn_pairs(x, k, min_similarity)
+    if not with_scores:
+        return [(names[a], names[b]) for a, b in zip(i, j)]
+    sims = np.einsum("nd,nd->n", x[i], x[j]) if len(i) else np.zeros(0)
+    return [(names[a], names[b], float(s)) for a, b, s in zip(i, j, sims)]
+
+
+def _knn_pairs(x: np.ndarray, k: int, min_similarity: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of the symmetric k-NN relation with similarity >= min_similarity."""
+    n = len(x)
+    if k <= 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    sims, idx = knn(x, k + 1)
+    rows, cols = [], []
+    for q in range(n):
+        keep = idx[q] != q  # self, wherever a tie put it
+        nb, s = idx[q][keep][:k], sims[q][keep][:k]
+        nb = nb[(s >= min_similarity) & (nb >= 0)]
+        rows.append(np.full(len(nb), q))
+        cols.append(nb)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    lo, hi = np.minimum(r, c), np.maximum(r, c)
+    flat = np.unique(lo.astype(np.int64) * n + hi)
+    return flat // n, flat % n
+
+
+def main(conf: dict, global_path: Path, out_dir: Path) -> Path:
+    """Write `<out_dir>/pairs.txt` from `global.h5` with the retrieval configuration."""
+    names, desc = load_global(global_path)
+    for name in names:
+        if any(ch.isspace() for ch in name):
+            raise ImcError(f"image name '{name}' holds whitespace: it cannot go in a pairs file")
+    pairs = pairs_from_descriptors(
+        names, desc, conf["num_neighbors"], conf["min_similarity"], conf["exhaustive_below"]
+    )
+    mode = "all pairs" if len(names) < conf["exhaustive_below"] else f"k={conf['num_neighbors']}"
+    logger.info("pairs: %d images, %d pairs (%s)", len(names), len(pairs), mode)
+    out = Path(out_dir) / "pairs.txt"
+    atomic_write_text(out, "".join(f"{a} {b}\n" for a, b in pairs))
+    return out
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """Read an hloc pairs file (`a b` per line; blank lines and `#` comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImcError(f"pairs file not found: {path}")
+    pairs = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ImcError(f"{path}:{lineno}: expected two image names, got '{line}'")
+        pairs.append((parts[0], parts[1]))
+    return pairs

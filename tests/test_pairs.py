@@ -1,0 +1,132 @@
+"""Pair selection: FAISS k-NN against hand-computed and brute-force pairs, files."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from imc.cache import h5_key
+from imc.errors import ImcError
+from imc.pairs import main, pairs_from_descriptors, read_pairs
+
+
+def unit(degrees: list[float]) -> np.ndarray:
+    a = np.radians(degrees)
+    return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
+
+
+def brute_force(desc: np.ndarray, k: int, min_sim: float) -> set[tuple[int, int]]:
+    x = desc / np.linalg.norm(desc, axis=1, keepdims=True)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    out = set()
+    for q in range(len(x)):
+        for j in np.argsort(-sims[q])[:k]:
+            if sims[q, j] >= min_sim:
+                out.add((min(q, j), max(q, j)))
+    return out
+
+
+def test_hand_computed_neighbours():
+    # Angles 0, 10, 30, 100, 180 degrees: nearest neighbours 1, 0, 1, 2, 3.
+    names = ["a", "b", "c", "d", "e"]
+    desc = unit([0, 10, 30, 100, 180])
+    pairs = pairs_from_descriptors(names, desc, k=1, min_similarity=-1, exhaustive_below=0)
+    assert pairs == [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")]
+    # cos 70 deg = 0.342 (c-d) and cos 80 deg = 0.174 (d-e) fall below 0.5.
+    pairs = pairs_from_descriptors(names, desc, k=1, min_similarity=0.5, exhaustive_below=0)
+    assert pairs == [("a", "b"), ("b", "c")]
+    scored = pairs_from_descriptors(names, desc, 1, 0.5, 0, with_scores=True)
+    assert [s[:2] for s in scored] == pairs
+    np.testing.assert_allclose([s[2] for s in scored], np.cos(np.radians([10, 20])), atol=1e-6)
+
+
+def test_two_neighbours_and_unnormalised_input():
+    names = list("abcde")
+    desc = unit([0, 10, 30, 100, 180]) * np.array([[1], [3], [0.5], [7], [2]], np.float32)
+    # k=2: a{b,c} b{a,c} c{b,a} d{c (70 deg), e (80)} e{d (80), c (150)}
+    expected = [("a", "b"), ("a", "c"), ("b", "c"), ("c", "d"), ("c", "e"), ("d", "e")]
+    assert pairs_from_descriptors(names, desc, 2, -1, 0) == expected
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 60])
+@pytest.mark.parametrize("min_sim", [-1.0, 0.0, 0.15])
+def test_faiss_equals_brute_force(k, min_sim):
+    rng = np.random.default_rng(k)
+    desc = rng.normal(size=(50, 16)).astype(np.float32)  # continuous: no ties
+    names = [f"im{i:02d}" for i in range(50)]
+    pairs = pairs_from_descriptors(names, desc, k, min_sim, exhaustive_below=10)
+    got = {(names.index(a), names.index(b)) for a, b in pairs}
+    assert got == brute_force(desc, k, min_sim)
+    assert len(got) == len(pairs)  # no duplicate
+    assert pairs == sorted(pairs, key=lambda p: (names.index(p[0]), names.index(p[1])))
+    assert all(names.index(a) < names.index(b) for a, b in pairs)
+
+
+def test_identical_descriptors_still_pair():
+    # Two identical images: whichever of the tied pair faiss lists first, each gets the other.
+    desc = np.array([[1, 0], [1, 0], [0, 1]], np.float32)
+    pairs = pairs_from_descriptors(["x", "y", "z"], desc, 1, 0.5, 0)
+    assert pairs == [("x", "y")]
+
+
+def test_exhaustive_below_size():
+    desc = unit([0, 90, 180, 270, 45])
+    names = list("abcde")
+    pairs = pairs_from_descriptors(names, desc, k=1, min_similarity=0.99, exhaustive_below=6)
+    assert len(pairs) == 10 and len(set(pairs)) == 10
+    assert pairs[:4] == [("a", "b"), ("a", "c"), ("a", "d"), ("a", "e")]
+    # At exactly exhaustive_below images the k-NN mode applies.
+    assert len(pairs_from_descriptors(names, desc, 1, 0.99, exhaustive_below=5)) == 0
+
+
+def test_empty_and_single():
+    assert pairs_from_descriptors([], np.zeros((0, 8), np.float32), 5, 0.0, 0) == []
+    assert pairs_from_descriptors(["a"], np.ones((1, 8), np.float32), 5, 0.0, 0) == []
+    assert pairs_from_descriptors(["a"], np.ones((1, 8), np.float32), 5, 0.0, 10) == []
+    with pytest.raises(ValueError):
+        pairs_from_descriptors(["a", "b"], np.ones((3, 8), np.float32), 5, 0.0, 0)
+
+
+def write_global(path, names, desc):
+    with h5py.File(path, "w") as f:
+        f.attrs["model"] = "test"
+        for i, (n, d) in enumerate(zip(names, desc)):
+            f.create_dataset(h5_key(n), data=d).attrs["index"] = i
+
+
+def test_main_writes_pairs_file_round_trip(tmp_path):
+    # Dataset order differs from alphabetical order, and a name holds a folder.
+    names = ["z.jpg", "sub/b.jpg", "a.jpg", "c.jpg"]
+    write_global(tmp_path / "global.h5", names, unit([0, 10, 30, 100]))
+    conf = {"num_neighbors": 1, "min_similarity": 0.5, "exhaustive_below": 0}
+    out = main(conf, tmp_path / "global.h5", tmp_path)
+    assert out == tmp_path / "pairs.txt"
+    assert out.read_text() == "z.jpg sub/b.jpg\nsub/b.jpg a.jpg\n"
+    assert read_pairs(out) == [("z.jpg", "sub/b.jpg"), ("sub/b.jpg", "a.jpg")]
+    conf["exhaustive_below"] = 5
+    assert len(read_pairs(main(conf, tmp_path / "global.h5", tmp_path))) == 6
+
+
+def test_main_single_image_writes_empty_file(tmp_path):
+    write_global(tmp_path / "global.h5", ["a.jpg"], unit([0]))
+    conf = {"num_neighbors": 5, "min_similarity": 0.2, "exhaustive_below": 40}
+    out = main(conf, tmp_path / "global.h5", tmp_path)
+    assert out.read_text() == "" and read_pairs(out) == []
+
+
+def test_read_pairs_errors(tmp_path):
+    with pytest.raises(ImcError, match="not found"):
+        read_pairs(tmp_path / "missing.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("# comment\na b\n\nc d e\n")
+    with pytest.raises(ImcError, match=r"bad\.txt:4"):
+        read_pairs(bad)
+
+
+def test_name_with_space_is_refused(tmp_path):
+    write_global(tmp_path / "global.h5", ["a b.jpg", "c.jpg"], unit([0, 10]))
+    conf = {"num_neighbors": 1, "min_similarity": 0.0, "exhaustive_below": 0}
+    with pytest.raises(ImcError, match="whitespace"):
+        main(conf, tmp_path / "global.h5", tmp_path)
