@@ -22,7 +22,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "retrieval": {
         "model": "dinov2",  # "dinov2" or "aliked" (aggregated local descriptors, no extra weights)
         "dinov2_dir": None,  # folder of a transformers Dinov2Model; None: search the settings
-        "image_size": 448,  # DINOv2 input side (multiple of 14)
+        "image_size": 448,  # short side of the DINOv2 input (rounded to a multiple of 14)
         "num_neighbors": 12,  # k of the FAISS k-NN search, per image
         "min_similarity": 0.2,  # cosine similarity below which a neighbour is no pair
         "exhaustive_below": 40,  # datasets with fewer images use all pairs
@@ -30,9 +30,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "orientation": {
         "enabled": True,
         "num_neighbors": 3,  # neighbours each image is tested against at 0/90/180/270 degrees
-        "resize_long_side": 512,
-        "max_keypoints": 512,
-        "min_ratio": 1.5,  # a rotation must beat upright by this factor in verified matches
+        "resize_long_side": 320,
+        "max_keypoints": 256,
+        "min_ratio": 1.5,  # the best rotation must beat the second by this factor in inliers
+        "accept_inliers": 80,  # upright accepted without trying other rotations above this
     },
     "features": {
         "model": "aliked-n16",
@@ -86,7 +87,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Small and quick: the CI integration tests.
     "fast": {
         "features": {"resize_long_side": 640, "max_keypoints": 1024},
-        "orientation": {"resize_long_side": 384, "max_keypoints": 384},
     },
 }
 
@@ -113,7 +113,7 @@ def merge(base: dict, override: dict, path: str = "") -> dict:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`["features.max_keypoints=1024", ...]` -> nested dict; values parsed as JSON if they can be."""
+    """`["features.max_keypoints=1024", ...]` -> nested dict; values parsed as JSON if possible."""
     out: dict = {}
     for item in items:
         if "=" not in item:

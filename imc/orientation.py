@@ -67,10 +67,20 @@ def count_inliers(f0: dict, f1: dict, matches: np.ndarray) -> int:
     return 0 if mask is None else int(mask.sum())
 
 
-def relative_rotation(match_fn, feats_i: list[dict], feat_j: dict) -> np.ndarray:
-    """[4] inlier counts when image i rotated by r is matched against image j upright."""
-    return np.array([count_inliers(feats_i[r], feat_j, match_fn(feats_i[r], feat_j)[0])
-                     for r in range(4)])
+def relative_rotation(
+    match_fn, feats_i: list[dict], feat_j: dict, accept_inliers: int
+) -> np.ndarray:
+    """[4] inlier counts when image i rotated by r is matched against image j upright.
+
+    The other rotations are tried only when r = 0 gives fewer than `accept_inliers` (a wrong
+    rotation gives a few tens at most); their counts are then left at 0.
+    """
+    counts = np.zeros(4, int)
+    for r in range(4):
+        counts[r] = count_inliers(feats_i[r], feat_j, match_fn(feats_i[r], feat_j)[0])
+        if r == 0 and counts[0] >= accept_inliers:
+            break
+    return counts
 
 
 def solve_rotations(n: int, edges: list[tuple[int, int, int, float]]) -> np.ndarray:
@@ -114,8 +124,15 @@ def solve_rotations(n: int, edges: list[tuple[int, int, int, float]]) -> np.ndar
 
 
 def main(
-    conf: dict, feature_conf: dict, names: list[str], paths: dict[str, Path],
-    feature_model, match_fn, out_dir: Path, device="cpu", apply_exif: bool = False,
+    conf: dict,
+    feature_conf: dict,
+    names: list[str],
+    paths: dict[str, Path],
+    feature_model,
+    match_fn,
+    out_dir: Path,
+    device="cpu",
+    apply_exif: bool = False,
 ) -> dict[str, int]:
     """Estimate each image's rotation; cached as `<out_dir>/rotations.json`."""
     out = Path(out_dir) / "rotations.json"
@@ -125,8 +142,11 @@ def main(
             return {n: int(v) for n, v in cached.items()}
     if not conf["enabled"] or len(names) < 2:
         return {n: 0 for n in names}
-    small = {**feature_conf, "resize_long_side": conf["resize_long_side"],
-             "max_keypoints": conf["max_keypoints"]}
+    small = {
+        **feature_conf,
+        "resize_long_side": conf["resize_long_side"],
+        "max_keypoints": conf["max_keypoints"],
+    }
     feats: list[list[dict]] = []
     for name in tqdm(names, desc="orientation features", unit="img", mininterval=2):
         try:
@@ -138,7 +158,7 @@ def main(
     pairs = neighbour_pairs(pooled, conf["num_neighbors"])
     edges = []
     for i, j in tqdm(pairs, desc="orientation pairs", unit="pair", mininterval=2):
-        counts = relative_rotation(match_fn, feats[i], feats[j][0])
+        counts = relative_rotation(match_fn, feats[i], feats[j][0], conf["accept_inliers"])
         order = np.argsort(-counts, kind="stable")
         best, second = counts[order[0]], counts[order[1]]
         if best >= 15 and best >= conf["min_ratio"] * max(second, 1):

@@ -1,0 +1,209 @@
+"""`make bench`: imc against plain COLMAP on every dataset of imc-bench, in the same run.
+
+For each dataset, each tool runs in its own process (fresh cache for imc), so that its wall time
+and peak memory are its own. Both submissions are scored with the IMC2025 metric and the
+results replace the pipeline section of BENCHMARKS.md.
+
+    python bench/run_bench.py [--data ../shared/imc-bench] [--datasets A,B] [--preset NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from imc import formats, scoring  # noqa: E402
+
+START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
+
+
+def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
+    """Run `cmd`; (wall seconds, peak RSS MiB of the process tree's largest member, exit code)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
+
+
+def score(data: Path, dataset: str, csv: Path) -> dict:
+    comp = formats.read_competition(data, split="train", datasets=[dataset])
+    report = scoring.score(comp, formats.read_submission(csv, comp.year)).to_dict()
+    row = report["datasets"][0]
+    row["registered"] = registered(csv)
+    return row
+
+
+def registered(csv: Path) -> int:
+    import pandas as pd
+
+    df = pd.read_csv(csv)
+    return int((~df["rotation_matrix"].astype(str).str.contains("nan")).sum())
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPU cores ({cpu}), Python {platform.python_version()}"
+
+
+def run(args) -> list[dict]:
+    out = REPO / "outputs" / "bench"
+    shutil.rmtree(out / "cache", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    comp = formats.read_competition(args.data, split="train")
+    names = args.datasets.split(",") if args.datasets else list(comp.datasets)
+    py, imc = sys.executable, str(Path(sys.executable).with_name("imc"))
+    rows = []
+    for ds in names:
+        peer_csv, imc_csv = out / f"peer_{ds}.csv", out / f"imc_{ds}.csv"
+        peer = timed(
+            [
+                py,
+                "bench/colmap_peer.py",
+                str(args.data),
+                "--datasets",
+                ds,
+                "--output",
+                str(peer_csv),
+                "--work",
+                str(out / "peer"),
+            ],
+            out / f"peer_{ds}.log",
+        )
+        cmd = [
+            imc,
+            "run",
+            str(args.data),
+            "--split",
+            "train",
+            "--datasets",
+            ds,
+            "--output",
+            str(imc_csv),
+            "--run-dir",
+            str(out / "imc"),
+            "--cache-dir",
+            str(out / "cache"),
+            "--no-score",
+        ]
+        if args.preset:
+            cmd += ["--preset", args.preset]
+        mine = timed(cmd, out / f"imc_{ds}.log")
+        if peer[2] or mine[2]:
+            raise SystemExit(f"{ds}: a run failed, see {out}/*_{ds}.log")
+        stats = json.loads((out / "imc" / "stats.json").read_text())[ds]
+        rows.append(
+            {
+                "dataset": ds,
+                "imc": score(args.data, ds, imc_csv),
+                "peer": score(args.data, ds, peer_csv),
+                "imc_seconds": mine[0],
+                "peer_seconds": peer[0],
+                "imc_peak_mib": mine[1],
+                "peer_peak_mib": peer[1],
+                "stages": {k: v["seconds"] for k, v in stats.items() if k != "total"},
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], args) -> str:
+    date = datetime.date.today().isoformat()
+    cmd = "make bench" + (f" (preset {args.preset})" if args.preset else "")
+    lines = [
+        START,
+        f"Command: `{cmd}`; machine: {machine()}; date: {date}.",
+        "",
+        "| dataset | imc score | peer score | imc mAA | peer mAA | imc clusterness | "
+        "peer clusterness | imc registered | peer registered | images |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        i, p = r["imc"], r["peer"]
+        lines.append(
+            f"| {r['dataset']} | {i['score']:.1f} | {p['score']:.1f} | {i['mAA']:.1f} | "
+            f"{p['mAA']:.1f} | {i['clusterness']:.1f} | {p['clusterness']:.1f} | "
+            f"{i['registered']} | {p['registered']} | {i.get('n_images', '')} |"
+        )
+    mean_i = sum(r["imc"]["score"] for r in rows) / len(rows)
+    mean_p = sum(r["peer"]["score"] for r in rows) / len(rows)
+    lines.append(f"| **mean** | **{mean_i:.1f}** | **{mean_p:.1f}** | | | | | | | |")
+    stages = sorted({s for r in rows for s in r["stages"]}, key=list(rows[0]["stages"]).index)
+    lines += [
+        "",
+        "Seconds per stage (imc), total wall time of each tool (process start to exit, "
+        "model loading included) and peak resident memory:",
+        "",
+        "| dataset | " + " | ".join(stages) + " | imc total | peer total | ratio | "
+        "imc peak MiB | peer peak MiB |",
+        "|---|" + "---|" * (len(stages) + 5),
+    ]
+    for r in rows:
+        st = " | ".join(f"{r['stages'].get(s, 0):.1f}" for s in stages)
+        lines.append(
+            f"| {r['dataset']} | {st} | {r['imc_seconds']:.0f} | "
+            f"{r['peer_seconds']:.0f} | {r['imc_seconds'] / r['peer_seconds']:.1f}x | "
+            f"{r['imc_peak_mib']:.0f} | {r['peer_peak_mib']:.0f} |"
+        )
+    ti, tp = sum(r["imc_seconds"] for r in rows), sum(r["peer_seconds"] for r in rows)
+    lines += [
+        "| **all** | " + " | " * len(stages) + f"**{ti:.0f}** | **{tp:.0f}** | "
+        f"**{ti / tp:.1f}x** | | |",
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    path = REPO / "BENCHMARKS.md"
+    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if START in old:
+        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: text, old, flags=re.S)
+    else:
+        new = (
+            old.rstrip()
+            + "\n\n## Pipeline against plain COLMAP (imc-bench, IMC2025 metric)\n\n"
+            + text
+            + "\n"
+        )
+    path.write_text(new)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "imc-bench")
+    p.add_argument("--datasets")
+    p.add_argument("--preset")
+    p.add_argument("--no-write", action="store_true", help="print, don't update BENCHMARKS.md")
+    args = p.parse_args(argv)
+    rows = run(args)
+    text = markdown(rows, args)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The `imc` command: run, score, check, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ImcError
+from .log import logger, setup_logging
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON config file (e.g. the best config of `imc tune`)")
+    p.add_argument("--preset", help="named preset: cpu, gpu, fast")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set features.max_keypoints=1024",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, help="cache root (default: $IMC_CACHE or ./outputs/cache)"
+    )
+    p.add_argument("--run-dir", type=Path, help="models, logs and stats (default: outputs/run)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imc", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="reconstruct every dataset and write submission.csv")
+    p.add_argument("data_root", type=Path, help="competition folder (IMC2023/2024/2025 layout)")
+    p.add_argument("--split", choices=["train", "test"], help="default: test if it has images")
+    p.add_argument("--datasets", help="comma-separated dataset names (default: all)")
+    p.add_argument("--output", type=Path, help="submission path (default: RUN_DIR/submission.csv)")
+    p.add_argument("--no-score", action="store_true", help="don't score against train labels")
+    _common_run_args(p)
+
+    p = sub.add_parser("score", help="score a submission with the competition's metric")
+    p.add_argument("submission", type=Path)
+    p.add_argument("data_root", type=Path, help="competition folder with train labels")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+    p = sub.add_parser("check", help="validate a submission's rows, columns and image coverage")
+    p.add_argument("submission", type=Path)
+    p.add_argument("data_root", type=Path)
+    p.add_argument("--split", choices=["train", "test"])
+
+    p = sub.add_parser("demo", help="build the synthetic demo scene, reconstruct it and score it")
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="where to build it")
+    p.add_argument("--seed", type=int, default=0)
+    _common_run_args(p)
+    return parser
+
+
+def cmd_run(args, data_root: Path, split: str | None, datasets) -> int:
+    from . import config, formats, pipeline, settings
+
+    conf = config.resolve(args.preset, args.config, args.overrides)
+    comp = formats.read_competition(data_root, split=split, datasets=datasets)
+    run_dir = args.run_dir or Path("outputs/run")
+    output = getattr(args, "output", None) or run_dir / "submission.csv"
+    cache = args.cache_dir or settings.cache_root()
+    logger.info(
+        "%d datasets, %d images (IMC%d %s)",
+        len(comp.datasets),
+        comp.num_images,
+        comp.year,
+        comp.split,
+    )
+    pipeline.run(comp, conf, run_dir, cache, output)
+    print(f"submission: {output}")
+    if comp.split == "train" and not getattr(args, "no_score", False):
+        from . import scoring
+
+        report = scoring.score(comp, formats.read_submission(output, comp.year))
+        print(report.summary())
+    return 0
+
+
+def cmd_score(args) -> int:
+    from . import formats, scoring
+
+    comp = formats.read_competition(args.data_root, split="train")
+    report = scoring.score(comp, formats.read_submission(args.submission, comp.year))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0
+
+
+def cmd_check(args) -> int:
+    from . import formats
+
+    comp = formats.read_competition(args.data_root, split=args.split)
+    problems = formats.check_submission(comp, formats.read_submission(args.submission, comp.year))
+    for line in problems:
+        print(line)
+    print(f"{args.submission}: {'OK' if not problems else f'{len(problems)} problems'}")
+    return 0 if not problems else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("DEBUG" if args.verbose else "INFO")
+    try:
+        if args.command == "run":
+            datasets = args.datasets.split(",") if args.datasets else None
+            return cmd_run(args, args.data_root, args.split, datasets)
+        if args.command == "score":
+            return cmd_score(args)
+        if args.command == "check":
+            return cmd_check(args)
+        if args.command == "demo":
+            from .demo import make_demo
+
+            root = make_demo(args.out / "data", seed=args.seed)
+            args.run_dir = args.run_dir or args.out / "run"
+            return cmd_run(args, root, "train", None)
+    except ImcError as e:
+        print(f"imc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("imc: interrupted (rerun to resume from the cache)", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

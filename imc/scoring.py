@@ -1,0 +1,22 @@
+"""Local scoring: a submission against a labelled competition folder, with the year's metric."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import formats, metrics
+from .data import Competition
+from .errors import ImcError
+
+
+def score(comp: Competition, submission: pd.DataFrame):
+    """The year's ScoreReport of `submission` (a DataFrame in the year's format)."""
+    if not any(d.has_labels for d in comp.datasets.values()):
+        raise ImcError(f"{comp.root}: no reference poses (train labels) to score against")
+    labels = formats.labels_frame(comp)
+    thresholds = formats.thresholds_frame(comp)
+    if comp.year == 2025:
+        return metrics.score_imc2025(labels, submission, thresholds)
+    if comp.year == 2024:
+        return metrics.score_imc2024(labels, submission, thresholds)
+    return metrics.score_imc2023(labels, submission, thresholds)
