@@ -4,7 +4,7 @@ PIP := .venv/bin/pip
 STAMP := .venv/.installed
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup weights demo test lint bench bench-metric clean
+.PHONY: setup weights demo test lint bench bench-metric kaggle clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -34,6 +34,10 @@ bench-metric: $(STAMP)
 
 bench: weights
 	$(PY) bench/run_bench.py
+
+# dist/kaggle/: package source + weights, offline wheels, notebook and install_and_run.py.
+kaggle: weights
+	$(PY) -m imc.bundle build --out dist/kaggle
 
 clean:
 	rm -rf outputs dist .pytest_cache .ruff_cache
