@@ -75,13 +75,19 @@ def build_database(
 
 
 def _set_option(options, key: str, value) -> None:
-    """Set `key` on the pipeline options, or on its mapper / triangulation sub-options."""
-    targets = [options] + [getattr(options, s) for s in ("mapper", "triangulation")]
+    """Set `key` on the pipeline options and on every sub-option group that has it."""
+    subs = ("mapper", "triangulation", "bundle_adjustment", "global_positioning")
+    targets = [options] + [getattr(options, s) for s in subs if hasattr(options, s)]
+    targets += [getattr(options.mapper, s) for s in subs[2:] if hasattr(options.mapper, s)]
     hits = [t for t in targets if hasattr(t, key)]
     if not hits:
         valid = sorted(
-            {a for t in targets for a in dir(t) if not a.startswith("_") and not callable(
-                getattr(t, a))}
+            {
+                a
+                for t in targets
+                for a in dir(t)
+                if not a.startswith("_") and not callable(getattr(t, a))
+            }
         )
         raise ImcError(f"unknown mapping option '{key}' (valid: {', '.join(valid)})")
     for t in hits:
@@ -123,7 +129,7 @@ def run_mapper(
 def assign_clusters(
     models: list[pycolmap.Reconstruction], name_of: dict[str, str], min_model_size: int
 ) -> dict[str, Prediction]:
-    """One cluster per model; overlapping images go to the larger model; small leftovers to outliers.
+    """One cluster per model; shared images go to the larger model; small leftovers to outliers.
 
     name_of: database image name -> dataset image name.
     Returns: image name -> Prediction (registered images only).
@@ -186,8 +192,13 @@ def main(
     pycolmap.logging.set_log_destination(pycolmap.logging.INFO, str(out_dir / "colmap.log."))
     pycolmap.logging.logtostderr = False
     pycolmap.logging.alsologtostderr = False
-    logger.info("mapping %s: %d images, %d verified pairs, %s", dataset.name, len(names),
-                len(verified), conf)
+    logger.info(
+        "mapping %s: %d images, %d verified pairs, %s",
+        dataset.name,
+        len(names),
+        len(verified),
+        conf,
+    )
     if len(names) < 2 or not verified:
         logger.warning("mapping %s: nothing to reconstruct (no verified pair)", dataset.name)
         return {}
@@ -197,7 +208,10 @@ def main(
     preds = assign_clusters(models, name_of, conf["min_model_size"])
     logger.info(
         "mapping %s: %d models, %d of %d images registered",
-        dataset.name, len(models), len(preds), len(dataset.images),
+        dataset.name,
+        len(models),
+        len(preds),
+        len(dataset.images),
     )
     return preds
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from synthetic import make_scene, write_features, write_images
 
 from imc import config, mapping
 from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
-from synthetic import make_scene, write_features, write_images
 
 
 def _verified(scene, names):
@@ -41,8 +41,15 @@ def test_mapping_recovers_the_synthetic_cameras(tmp_path):
     ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
     feats = write_features(scene, names, tmp_path / "features.h5")
     conf = config.DEFAULTS
-    preds = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats,
-                         _verified(scene, names), tmp_path / "out")
+    preds = mapping.main(
+        conf["mapping"],
+        conf["runtime"],
+        ds,
+        names,
+        feats,
+        _verified(scene, names),
+        tmp_path / "out",
+    )
     assert set(preds) == set(names)
     assert {p.cluster for p in preds.values()} == {"cluster0"}
     est = _centres([(preds[n].R, preds[n].t) for n in names])
@@ -59,8 +66,18 @@ def test_mapping_is_deterministic(tmp_path):
     ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
     feats = write_features(scene, names, tmp_path / "features.h5")
     conf = config.DEFAULTS
-    runs = [mapping.main(conf["mapping"], conf["runtime"], ds, names, feats,
-                         _verified(scene, names), tmp_path / f"out{k}") for k in range(2)]
+    runs = [
+        mapping.main(
+            conf["mapping"],
+            conf["runtime"],
+            ds,
+            names,
+            feats,
+            _verified(scene, names),
+            tmp_path / f"out{k}",
+        )
+        for k in range(2)
+    ]
     for n in names:
         assert np.array_equal(runs[0][n].R, runs[1][n].R)
         assert np.array_equal(runs[0][n].t, runs[1][n].t)
@@ -73,8 +90,9 @@ def test_no_pairs_means_no_model(tmp_path):
     ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
     feats = write_features(scene, names, tmp_path / "features.h5")
     conf = config.DEFAULTS
-    assert mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {},
-                        tmp_path / "o") == {}
+    assert (
+        mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {}, tmp_path / "o") == {}
+    )
 
 
 def test_overlapping_models_give_each_image_one_cluster():
@@ -98,15 +116,39 @@ def test_overlapping_models_give_each_image_one_cluster():
     other = FakeModel(["f", "g", "h"])
     preds = mapping.assign_clusters([big, overlap, other], {n: n for n in "abcdefgh"}, 3)
     assert {n: p.cluster for n, p in preds.items()} == {
-        "a": "cluster0", "b": "cluster0", "c": "cluster0", "d": "cluster0",
-        "f": "cluster1", "g": "cluster1", "h": "cluster1"}
+        "a": "cluster0",
+        "b": "cluster0",
+        "c": "cluster0",
+        "d": "cluster0",
+        "f": "cluster1",
+        "g": "cluster1",
+        "h": "cluster1",
+    }
 
 
 def test_unknown_mapper_option_is_an_error():
     conf = config.merge(config.DEFAULTS["mapping"], {"options": {"init_min_tri_angel": 3}})
     with pytest.raises(ImcError, match="init_min_tri_angel.*init_min_tri_angle"):
         mapping.pipeline_options(conf, 1, 0)
-    conf = config.merge(config.DEFAULTS["mapping"], {"options": {"init_min_tri_angle": 3.0,
-                                                                 "ba_global_max_num_iterations": 7}})
+    conf = config.merge(
+        config.DEFAULTS["mapping"],
+        {"options": {"init_min_tri_angle": 3.0, "ba_global_max_num_iterations": 7}},
+    )
     opts = mapping.pipeline_options(conf, 1, 0)
     assert opts.mapper.init_min_tri_angle == 3.0 and opts.ba_global_max_num_iterations == 7
+
+
+def test_global_mapper_recovers_the_synthetic_cameras(tmp_path):
+    scene = make_scene(n_cams=6, noise=0.2, seed=5)
+    names = [f"im{i}.png" for i in range(6)]
+    paths = write_images(scene, names, tmp_path / "images")
+    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
+    feats = write_features(scene, names, tmp_path / "features.h5")
+    conf = config.merge(config.DEFAULTS, {"mapping": {"mapper": "global"}})
+    preds = mapping.main(
+        conf["mapping"], conf["runtime"], ds, names, feats, _verified(scene, names), tmp_path / "g"
+    )
+    assert set(preds) == set(names)
+    est = _centres([(preds[n].R, preds[n].t) for n in names])
+    ref = _centres(scene["poses"])
+    assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
