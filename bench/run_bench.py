@@ -66,6 +66,7 @@ def machine() -> str:
 
 
 def run(args) -> list[dict]:
+    """Run both tools on every dataset; timings saved to outputs/bench/runs.json."""
     out = REPO / "outputs" / "bench"
     shutil.rmtree(out / "cache", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,55 +76,36 @@ def run(args) -> list[dict]:
     rows = []
     for ds in names:
         peer_csv, imc_csv = out / f"peer_{ds}.csv", out / f"imc_{ds}.csv"
+        load0 = os.getloadavg()[0]
         peer = timed(
-            [
-                py,
-                "bench/colmap_peer.py",
-                str(args.data),
-                "--datasets",
-                ds,
-                "--output",
-                str(peer_csv),
-                "--work",
-                str(out / "peer"),
-            ],
+            [py, "bench/colmap_peer.py", str(args.data), "--datasets", ds, "--output",
+             str(peer_csv), "--work", str(out / "peer")],
             out / f"peer_{ds}.log",
-        )
-        cmd = [
-            imc,
-            "run",
-            str(args.data),
-            "--split",
-            "train",
-            "--datasets",
-            ds,
-            "--output",
-            str(imc_csv),
-            "--run-dir",
-            str(out / "imc"),
-            "--cache-dir",
-            str(out / "cache"),
-            "--no-score",
-        ]
+        )  # fmt: skip
+        cmd = [imc, "run", str(args.data), "--split", "train", "--datasets", ds, "--output",
+               str(imc_csv), "--run-dir", str(out / "imc"), "--cache-dir", str(out / "cache"),
+               "--no-score"]  # fmt: skip
         if args.preset:
             cmd += ["--preset", args.preset]
         mine = timed(cmd, out / f"imc_{ds}.log")
         if peer[2] or mine[2]:
             raise SystemExit(f"{ds}: a run failed, see {out}/*_{ds}.log")
         stats = json.loads((out / "imc" / "stats.json").read_text())[ds]
-        rows.append(
-            {
-                "dataset": ds,
-                "imc": score(args.data, ds, imc_csv),
-                "peer": score(args.data, ds, peer_csv),
-                "imc_seconds": mine[0],
-                "peer_seconds": peer[0],
-                "imc_peak_mib": mine[1],
-                "peer_peak_mib": peer[1],
-                "stages": {k: v["seconds"] for k, v in stats.items() if k != "total"},
-            }
-        )
+        rows.append({
+            "dataset": ds, "imc_csv": str(imc_csv), "peer_csv": str(peer_csv),
+            "imc_seconds": mine[0], "peer_seconds": peer[0], "imc_peak_mib": mine[1],
+            "peer_peak_mib": peer[1], "load": [load0, os.getloadavg()[0]],
+            "stages": {k: v["seconds"] for k, v in stats.items() if k != "total"},
+        })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
+        (out / "runs.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def score_rows(rows: list[dict], data: Path) -> list[dict]:
+    for r in rows:
+        r["imc"] = score(data, r["dataset"], Path(r["imc_csv"]))
+        r["peer"] = score(data, r["dataset"], Path(r["peer_csv"]))
     return rows
 
 
@@ -196,8 +178,11 @@ def main(argv=None) -> int:
     p.add_argument("--datasets")
     p.add_argument("--preset")
     p.add_argument("--no-write", action="store_true", help="print, don't update BENCHMARKS.md")
+    p.add_argument("--score-only", action="store_true", help="rescore outputs/bench/runs.json")
     args = p.parse_args(argv)
-    rows = run(args)
+    runs = REPO / "outputs" / "bench" / "runs.json"
+    rows = json.loads(runs.read_text()) if args.score_only else run(args)
+    rows = score_rows(rows, args.data)
     text = markdown(rows, args)
     print(text)
     if not args.no_write:

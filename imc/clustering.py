@@ -4,8 +4,10 @@ Look-alike scenes (IMC2025's ETs) give false pairs with tens of inliers, enough 
 to merge two scenes into one model. Within a real scene, images are tied by many strong pairs;
 between look-alike scenes by few, weak ones. The graph (images, pairs weighted by inliers) is
 split recursively along its spectral (Fiedler) sweep cut while the cut's conductance
-`w(S, ~S) / min(vol S, vol ~S)` is below `max_cut_ratio` and both sides keep at least
-`min_size` images; the pairs across accepted cuts are removed before mapping.
+`w(S, ~S) / min(vol S, vol ~S)` is below `max_cut_ratio`, the strongest pair across it is
+weaker than `max_cross_ratio` x the median pair inside each side (a sparse ring of a weakly
+textured object has a low-conductance cut too, but its pairs across are typical ones), and
+both sides keep at least `min_size` images; pairs across accepted cuts are removed.
 """
 
 from __future__ import annotations
@@ -52,7 +54,20 @@ def best_sweep_cut(w: np.ndarray) -> tuple[np.ndarray, float]:
     return best, float(best_phi)
 
 
-def split_groups(w: np.ndarray, max_cut_ratio: float, min_size: int) -> list[np.ndarray]:
+def cross_ratio(w: np.ndarray, side: np.ndarray) -> float:
+    """Strongest pair across the cut / the smaller of the two sides' median inside pairs."""
+    cross = w[np.ix_(side, ~side)].max(initial=0.0)
+    medians = []
+    for s in (side, ~side):
+        inside = w[np.ix_(s, s)][np.triu_indices(int(s.sum()), 1)]
+        inside = inside[inside > 0]
+        medians.append(np.median(inside) if len(inside) else 0.0)
+    return float(cross / max(min(medians), 1e-12))
+
+
+def split_groups(
+    w: np.ndarray, max_cut_ratio: float, min_size: int, max_cross_ratio: float = np.inf
+) -> list[np.ndarray]:
     """Connected groups, recursively split at weak cuts; a list of index arrays."""
     n_comp, labels = csgraph.connected_components(w > 0, directed=False)
     todo = [np.flatnonzero(labels == c) for c in range(n_comp)]
@@ -64,9 +79,11 @@ def split_groups(w: np.ndarray, max_cut_ratio: float, min_size: int) -> list[np.
             continue
         side, phi = best_sweep_cut(w[np.ix_(idx, idx)])
         small = min(side.sum(), (~side).sum())
-        if phi < max_cut_ratio and small >= min_size:
-            logger.info("clustering: cut %d | %d images (conductance %.3f)",
-                        side.sum(), (~side).sum(), phi)
+        weak = phi < max_cut_ratio and small >= min_size
+        if weak and cross_ratio(w[np.ix_(idx, idx)], side) < max_cross_ratio:
+            logger.info(
+                "clustering: cut %d | %d images (conductance %.3f)", side.sum(), (~side).sum(), phi
+            )
             todo += [idx[side], idx[~side]]
         else:
             done.append(idx)
@@ -80,12 +97,17 @@ def main(
     if not conf["enabled"] or len(names) < 2 or not verified:
         return verified
     w = weight_matrix(names, verified)
-    groups = split_groups(w, conf["max_cut_ratio"], conf["min_size"])
+    groups = split_groups(w, conf["max_cut_ratio"], conf["min_size"], conf["max_cross_ratio"])
     label = np.empty(len(names), int)
     for g, idx in enumerate(groups):
         label[idx] = g
     index = {n: i for i, n in enumerate(names)}
     kept = {p: v for p, v in verified.items() if label[index[p[0]]] == label[index[p[1]]]}
-    logger.info("clustering: %d groups %s, %d of %d pairs kept", len(groups),
-                [len(g) for g in groups], len(kept), len(verified))
+    logger.info(
+        "clustering: %d groups %s, %d of %d pairs kept",
+        len(groups),
+        [len(g) for g in groups],
+        len(kept),
+        len(verified),
+    )
     return kept

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "clustering": {
         "enabled": True,
         "max_cut_ratio": 0.05,  # split a group where the cut's conductance is below this
+        "max_cross_ratio": 0.5,  # ... and its strongest pair is below this x the median inside
         "min_size": 3,  # never split off fewer images
     },
     "mapping": {
