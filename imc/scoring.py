@@ -20,3 +20,16 @@ def score(comp: Competition, submission: pd.DataFrame):
     if comp.year == 2024:
         return metrics.score_imc2024(labels, submission, thresholds)
     return metrics.score_imc2023(labels, submission, thresholds)
+
+
+def summary(report) -> str:
+    """One line per dataset, then `score: <value>` (the competition's figure)."""
+    lines = []
+    for d in report.datasets:
+        parts = [f"{d.dataset}: score {d.score:.2f}", f"mAA {d.mAA:.2f}"]
+        if d.clusterness is not None:
+            parts.append(f"clusterness {d.clusterness:.2f}")
+        parts.append(f"images {d.n_images}")
+        lines.append(", ".join(parts))
+    lines.append(f"score: {report.score:.4f}")
+    return "\n".join(lines)
