@@ -151,18 +151,16 @@ def assign_clusters(
     return preds
 
 
-def export_models(models: list[pycolmap.Reconstruction], out_dir: Path) -> list[Path]:
-    """COLMAP binary model and points.ply per model under `<out_dir>/models/<k>/`."""
+def export_models(
+    models: list[pycolmap.Reconstruction], out_dir: Path, image_dir: Path
+) -> list[Path]:
+    """Each model under `<out_dir>/models/<k>/` (see imc.export): COLMAP binary and text model,
+    points.ply coloured from the images in `image_dir`, transforms.json for NeRF tools."""
+    from .export import export_model
+
     root = out_dir / "models"
     shutil.rmtree(root, ignore_errors=True)
-    paths = []
-    for k, model in enumerate(models):
-        d = root / str(k)
-        d.mkdir(parents=True)
-        model.write_binary(str(d))
-        model.export_PLY(str(d / "points.ply"))
-        paths.append(d)
-    return paths
+    return [export_model(model, root / str(k), image_dir) for k, model in enumerate(models)]
 
 
 def database_names(dataset: Dataset) -> tuple[Path, dict[str, str]]:
@@ -203,7 +201,7 @@ def main(
         logger.warning("mapping %s: nothing to reconstruct (no verified pair)", dataset.name)
         return {}
     models = run_mapper(conf, db_path, image_dir, out_dir, threads, runtime["seed"])
-    export_models(models, out_dir)
+    export_models(models, out_dir, image_dir)
     name_of = {v: k for k, v in db_names.items()}
     preds = assign_clusters(models, name_of, conf["min_model_size"])
     logger.info(
