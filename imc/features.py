@@ -200,6 +200,7 @@ def main(
             if model is None:
                 model = build_model(conf, device)
             _write(f, h5_key(im.name), extract_image(model, image, conf, k, device), k)
+            f.flush()  # a killed run keeps every image written so far
     return out
 
 

@@ -12,6 +12,7 @@ stored keypoints (same order). Output `matches.h5`, one group per pair
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,9 +152,12 @@ def main(
     features_path: Path,
     out_dir: Path,
     device: str | torch.device = "cpu",
+    deadline: float | None = None,
 ) -> Path:
     """Match every pair of `pairs` into `<out_dir>/matches.h5` (resumable: pairs already done
-    are skipped). Pairs involving an image whose features failed are left out."""
+    are skipped). Pairs involving an image whose features failed are left out. With a
+    `deadline` (a `time.monotonic()` value), matching stops when it has passed and the pairs
+    left are not written."""
     out = Path(out_dir) / "matches.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
     logger.info("matching: %d pairs, %s", len(pairs), conf)
@@ -166,7 +170,14 @@ def main(
         if len(todo) < len(pairs):
             logger.info("matching: %d pairs already done", len(pairs) - len(todo))
         cache = None
-        for a, b in tqdm(todo, desc="matching", unit="pair", mininterval=2, disable=not todo):
+        for i, (a, b) in enumerate(
+            tqdm(todo, desc="matching", unit="pair", mininterval=2, disable=not todo)
+        ):
+            if deadline is not None and time.monotonic() > deadline:
+                logger.warning(
+                    "matching: deadline reached, %d of %d pairs left", len(todo) - i, len(todo)
+                )
+                break
             if a in failed or b in failed:
                 skipped += 1
                 continue
@@ -175,6 +186,7 @@ def main(
                 cache = _FeatureCache(ff, device, next(model.parameters()).dtype)
             matches, scores = _match(model, cache[a], cache[b])
             _write(f, pair_key(a, b), matches, scores)
+            f.flush()  # a killed run keeps every pair written so far (about 3 ms)
     if skipped:
         logger.warning("matching: %d pairs skipped (unreadable images: %s)", skipped, failed)
     return out

@@ -6,12 +6,16 @@ similarity is below `min_similarity` is dropped. A dataset with fewer than
 `exhaustive_below` images uses all its pairs. Pairs are `(a, b)` with a before b in the
 dataset order, sorted by that order.
 
-Output `pairs.txt`: hloc's format, one pair `a b` per line.
+Output `pairs.txt`: hloc's format, one pair `a b` per line, with the characters that the
+format cannot hold (whitespace, `%`, `#`, control and non-ASCII characters) percent-encoded as
+UTF-8 (`a b.jpg` -> `a%20b.jpg`); plain names are written as they are, as hloc writes them.
 """
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import faiss
 import numpy as np
@@ -106,31 +110,45 @@ def _knn_pairs(x: np.ndarray, k: int, min_similarity: float) -> tuple[np.ndarray
 def main(conf: dict, global_path: Path, out_dir: Path) -> Path:
     """Write `<out_dir>/pairs.txt` from `global.h5` with the retrieval configuration."""
     names, desc = load_global(global_path)
-    for name in names:
-        if any(ch.isspace() for ch in name):
-            raise ImcError(f"image name '{name}' holds whitespace: it cannot go in a pairs file")
     pairs = pairs_from_descriptors(
         names, desc, conf["num_neighbors"], conf["min_similarity"], conf["exhaustive_below"]
     )
     mode = "all pairs" if len(names) < conf["exhaustive_below"] else f"k={conf['num_neighbors']}"
     logger.info("pairs: %d images, %d pairs (%s)", len(names), len(pairs), mode)
     out = Path(out_dir) / "pairs.txt"
-    atomic_write_text(out, "".join(f"{a} {b}\n" for a, b in pairs))
+    atomic_write_text(out, "".join(f"{encode_name(a)} {encode_name(b)}\n" for a, b in pairs))
     return out
 
 
+# Printable ASCII but the separator (space), the escape (%) and the comment mark (#).
+_SAFE = "".join(c for c in string.printable if not c.isspace() and c not in "%#")
+
+
+def encode_name(name: str) -> str:
+    """An image name as one token of a pairs file (percent-encoding, see the module docstring)."""
+    return quote(name, safe=_SAFE)
+
+
+def decode_name(token: str) -> str:
+    return unquote(token, errors="strict")
+
+
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """Read an hloc pairs file (`a b` per line; blank lines and `#` comments ignored)."""
+    """Read an hloc pairs file (`a b` per line; blank lines and `#` comments ignored; names
+    percent-decoded)."""
     path = Path(path)
     if not path.is_file():
         raise ImcError(f"pairs file not found: {path}")
     pairs = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
         if len(parts) != 2:
             raise ImcError(f"{path}:{lineno}: expected two image names, got '{line}'")
-        pairs.append((parts[0], parts[1]))
+        try:
+            pairs.append((decode_name(parts[0]), decode_name(parts[1])))
+        except UnicodeDecodeError as e:
+            raise ImcError(f"{path}:{lineno}: bad percent-encoding ({e})") from None
     return pairs

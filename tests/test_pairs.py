@@ -125,8 +125,12 @@ def test_read_pairs_errors(tmp_path):
         read_pairs(bad)
 
 
-def test_name_with_space_is_refused(tmp_path):
-    write_global(tmp_path / "global.h5", ["a b.jpg", "c.jpg"], unit([0, 10]))
-    conf = {"num_neighbors": 1, "min_similarity": 0.0, "exhaustive_below": 0}
-    with pytest.raises(ImcError, match="whitespace"):
-        main(conf, tmp_path / "global.h5", tmp_path)
+def test_names_with_spaces_and_non_ascii_round_trip(tmp_path):
+    names = ["a b.jpg", "vue_\u00e9\u65e5.png", "100%#x.jpg", "tab\there.png"]
+    write_global(tmp_path / "global.h5", names, unit([0, 10, 20, 30]))
+    conf = {"num_neighbors": 1, "min_similarity": 0.0, "exhaustive_below": 10}
+    out = main(conf, tmp_path / "global.h5", tmp_path)
+    first = out.read_text(encoding="utf-8").splitlines()[0]
+    assert first == "a%20b.jpg vue_%C3%A9%E6%97%A5.png"  # UTF-8 bytes, hand-encoded
+    assert out.read_bytes().isascii()
+    assert read_pairs(out) == [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
