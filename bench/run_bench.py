@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imc import formats, scoring  # noqa: E402
+from imc import formats, report, scoring  # noqa: E402
 
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 
@@ -40,8 +40,7 @@ def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
 
 def score(data: Path, dataset: str, csv: Path) -> dict:
     comp = formats.read_competition(data, split="train", datasets=[dataset])
-    report = scoring.score(comp, formats.read_submission(csv, comp.year)).to_dict()
-    row = report["datasets"][0]
+    row = scoring.score(comp, formats.read_submission(csv, comp.year)).to_dict()["datasets"][0]
     row["registered"] = registered(csv)
     return row
 
@@ -83,20 +82,22 @@ def run(args) -> list[dict]:
             out / f"peer_{ds}.log",
         )  # fmt: skip
         cmd = [imc, "run", str(args.data), "--split", "train", "--datasets", ds, "--output",
-               str(imc_csv), "--run-dir", str(out / "imc"), "--cache-dir", str(out / "cache"),
-               "--no-score"]  # fmt: skip
+               str(imc_csv), "--run-dir", str(out / "imc" / ds), "--cache-dir", str(out / "cache"),
+               "--no-score", "--no-report"]  # fmt: skip
         if args.preset:
             cmd += ["--preset", args.preset]
         mine = timed(cmd, out / f"imc_{ds}.log")
         if peer[2] or mine[2]:
             raise SystemExit(f"{ds}: a run failed, see {out}/*_{ds}.log")
-        stats = json.loads((out / "imc" / "stats.json").read_text())[ds]
+        stats = json.loads((out / "imc" / ds / "stats.json").read_text())[ds]
         rows.append({
             "dataset": ds, "imc_csv": str(imc_csv), "peer_csv": str(peer_csv),
             "imc_seconds": mine[0], "peer_seconds": peer[0], "imc_peak_mib": mine[1],
             "peer_peak_mib": peer[1], "load": [load0, os.getloadavg()[0]],
             "stages": {k: v["seconds"] for k, v in stats.items() if k != "total"},
         })  # fmt: skip
+        # the run's report, with the score breakdown (outside the timed run)
+        rows[-1]["report"] = str(report.write_report(out / "imc" / ds, args.data, split="train"))
         print(json.dumps(rows[-1]), flush=True)
         (out / "runs.json").write_text(json.dumps(rows, indent=1))
     return rows
@@ -151,6 +152,9 @@ def markdown(rows: list[dict], args) -> str:
     lines += [
         "| **all** | " + " | " * len(stages) + f"**{ti:.0f}** | **{tp:.0f}** | "
         f"**{ti / tp:.1f}x** | | |",
+        "",
+        "Each dataset's run report (imc report, with the score breakdown): "
+        "`outputs/bench/imc/<dataset>/report.html`.",
         "",
         END,
     ]

@@ -1,4 +1,4 @@
-"""The `imc` command: run, score, check, demo."""
+"""The `imc` command: run, score, check, demo, tune."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
         "--cache-dir", type=Path, help="cache root (default: $IMC_CACHE or ./outputs/cache)"
     )
     p.add_argument("--run-dir", type=Path, help="models, logs and stats (default: outputs/run)")
+    p.add_argument(
+        "--no-report", action="store_true", help="don't write RUN_DIR/report.html at the end"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", help="comma-separated dataset names (default: all)")
     p.add_argument("--output", type=Path, help="submission path (default: RUN_DIR/submission.csv)")
     p.add_argument("--no-score", action="store_true", help="don't score against train labels")
+    from .budget import DEFAULT_SECONDS
+
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=DEFAULT_SECONDS,
+        metavar="SECONDS",
+        help="seconds for the whole run, shared among datasets by size; a dataset that would "
+        "overrun its share is degraded (default: 9 h less 30 min; inf: no limit)",
+    )
     _common_run_args(p)
 
     p = sub.add_parser("score", help="score a submission with the competition's metric")
@@ -55,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("outputs/demo"), help="where to build it")
     p.add_argument("--seed", type=int, default=0)
     _common_run_args(p)
+
+    p = sub.add_parser("report", help="write the HTML report of a run folder")
+    p.add_argument("run_dir", type=Path, help="the --run-dir of `imc run`")
+    p.add_argument(
+        "--data-root", type=Path, help="labelled competition folder: reference poses and scores"
+    )
+    p.add_argument("--output", type=Path, help="HTML path (default: RUN_DIR/report.html)")
+    p.add_argument("--submission", type=Path, help="default: the run's submission")
+
+    from tuning.cli import add_parser as add_tune_parser
+
+    add_tune_parser(sub)
     return parser
 
 
@@ -73,13 +98,39 @@ def cmd_run(args, data_root: Path, split: str | None, datasets) -> int:
         comp.year,
         comp.split,
     )
-    pipeline.run(comp, conf, run_dir, cache, output)
+    budget = getattr(args, "time_budget", None)
+    pipeline.run(comp, conf, run_dir, cache, output, None if budget == float("inf") else budget)
     print(f"submission: {output}")
-    if comp.split == "train" and not getattr(args, "no_score", False):
+    scores, score = None, not getattr(args, "no_score", False)
+    if comp.split == "train" and score:
         from . import scoring
 
         report = scoring.score(comp, formats.read_submission(output, comp.year))
-        print(report.summary())
+        print(scoring.summary(report))
+        scores = report.to_dict()
+    if not getattr(args, "no_report", False):
+        _write_report(run_dir, data_root, comp.split, output, scores, score)
+    return 0
+
+
+def _write_report(run_dir, data_root, split, submission, scores, score: bool) -> None:
+    """The run's report; a failure here is logged and does not fail the finished run."""
+    from . import report
+
+    try:
+        path = report.write_report(
+            run_dir, data_root, None, submission, split, score=score, scores=scores
+        )
+        print(f"report: {path}")
+    except Exception as e:
+        logger.error("report not written: %s", e, exc_info=True)
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    path = report.write_report(args.run_dir, args.data_root, args.output, args.submission)
+    print(f"report: {path}")
     return 0
 
 
@@ -88,7 +139,7 @@ def cmd_score(args) -> int:
 
     comp = formats.read_competition(args.data_root, split="train")
     report = scoring.score(comp, formats.read_submission(args.submission, comp.year))
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    print(json.dumps(report.to_dict(), indent=2) if args.json else scoring.summary(report))
     return 0
 
 
@@ -120,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             root = make_demo(args.out / "data", seed=args.seed)
             args.run_dir = args.run_dir or args.out / "run"
             return cmd_run(args, root, "train", None)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "tune":
+            from tuning.cli import run as cmd_tune
+
+            return cmd_tune(args)
     except ImcError as e:
         print(f"imc: error: {e}", file=sys.stderr)
         return 2

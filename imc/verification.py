@@ -83,9 +83,7 @@ def main(
             g0, g1 = ff[h5_key(a)], ff[h5_key(b)]
             matches = fm[key]["matches"][()]
             thr = pair_threshold(conf, feature_conf, g0.attrs["image_size"], g1.attrs["image_size"])
-            inliers, F = verify_pair(
-                g0["keypoints"][()], g1["keypoints"][()], matches, thr, conf
-            )
+            inliers, F = verify_pair(g0["keypoints"][()], g1["keypoints"][()], matches, thr, conf)
             if key in fo:
                 del fo[key]
             g = fo.create_group(key)

@@ -49,7 +49,9 @@ def make_scene(n_cams=6, n_points=600, seed=0, w=640, h=480, noise=0.3, outlier_
             idx = np.flatnonzero(vis[i] & vis[j])
             m = np.stack([idx, idx], 1)
             n_out = int(outlier_frac * len(m))
-            wrong = np.stack([rng.integers(0, n_points, n_out), rng.integers(0, n_points, n_out)], 1)
+            wrong = np.stack(
+                [rng.integers(0, n_points, n_out), rng.integers(0, n_points, n_out)], 1
+            )
             matches[(i, j)] = np.concatenate([m, wrong]).astype(np.int32)
     return {"K": K, "poses": poses, "keypoints": kpts, "matches": matches, "size": (w, h)}
 

@@ -24,10 +24,17 @@ def test_unknown_key_lists_valid_ones():
 
 
 def test_overrides_are_parsed_as_json():
-    out = config.parse_overrides(["features.max_keypoints=1024", "mapping.mapper=global",
-                                  "mapping.options.init_min_tri_angle=8.5"])
-    assert out == {"features": {"max_keypoints": 1024}, "mapping": {
-        "mapper": "global", "options": {"init_min_tri_angle": 8.5}}}
+    out = config.parse_overrides(
+        [
+            "features.max_keypoints=1024",
+            "mapping.mapper=global",
+            "mapping.options.init_min_tri_angle=8.5",
+        ]
+    )
+    assert out == {
+        "features": {"max_keypoints": 1024},
+        "mapping": {"mapper": "global", "options": {"init_min_tri_angle": 8.5}},
+    }
     conf = config.resolve(overrides=["mapping.options.init_min_tri_angle=8.5"])
     assert conf["mapping"]["options"] == {"init_min_tri_angle": 8.5}
 

@@ -10,7 +10,7 @@ def test_modes_become_rgb8(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([rgb, np.full((20, 30), 7, np.uint8)])).save(tmp_path / "rgba.png")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "g16.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
     assert np.array_equal(images.read_image(tmp_path / "rgb.png"), rgb)
     gray = images.read_image(tmp_path / "gray.png")
     assert gray.shape == (20, 30, 3) and np.array_equal(gray[..., 2], rgb[..., 0])

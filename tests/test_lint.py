@@ -19,6 +19,7 @@ def test_ruff_check():
 
 
 def test_ruff_format():
-    r = subprocess.run([*_ruff(), "format", "--check", "."], cwd=REPO, capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [*_ruff(), "format", "--check", "."], cwd=REPO, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr

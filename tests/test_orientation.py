@@ -16,8 +16,13 @@ def test_solve_rotations_from_consistent_relative_rotations():
 
 def test_max_spanning_tree_ignores_a_weak_wrong_edge():
     truth = np.array([0, 0, 0, 2, 2])
-    edges = [(0, 1, 0, 500.0), (1, 2, 0, 400.0), (2, 3, 2, 300.0), (3, 4, 0, 600.0),
-             (0, 3, 1, 20.0)]  # wrong and weak
+    edges = [
+        (0, 1, 0, 500.0),
+        (1, 2, 0, 400.0),
+        (2, 3, 2, 300.0),
+        (3, 4, 0, 600.0),
+        (0, 3, 1, 20.0),
+    ]  # wrong and weak
     assert np.array_equal(solve_rotations(5, edges), truth)
 
 

@@ -1,7 +1,7 @@
 import numpy as np
+from synthetic import make_scene
 
 from imc import config, verification
-from synthetic import make_scene
 
 
 def test_magsac_keeps_true_matches_and_rejects_outliers():
@@ -18,14 +18,18 @@ def test_magsac_keeps_true_matches_and_rejects_outliers():
 
 def test_too_few_matches_give_no_geometry():
     k = np.zeros((5, 2), np.float32)
-    inl, F = verification.verify_pair(k, k, np.zeros((5, 2), np.int32), 1.0,
-                                      config.DEFAULTS["verification"])
+    inl, F = verification.verify_pair(
+        k, k, np.zeros((5, 2), np.int32), 1.0, config.DEFAULTS["verification"]
+    )
     assert inl.shape == (0, 2) and F is None
 
 
 def test_threshold_scales_with_the_resize():
     conf = {"threshold": 1.0}
-    assert verification.pair_threshold(conf, {"resize_long_side": 1024}, (640, 480),
-                                       (640, 480)) == 1.0
-    assert verification.pair_threshold(conf, {"resize_long_side": 1024}, (3072, 2048),
-                                       (3072, 2048)) == 3.0
+    assert (
+        verification.pair_threshold(conf, {"resize_long_side": 1024}, (640, 480), (640, 480)) == 1.0
+    )
+    assert (
+        verification.pair_threshold(conf, {"resize_long_side": 1024}, (3072, 2048), (3072, 2048))
+        == 3.0
+    )
