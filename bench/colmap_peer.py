@@ -17,6 +17,7 @@ import pycolmap
 
 from imc import formats, mapping
 from imc.data import OUTLIERS, Prediction
+from imc.submission import write_submission
 
 
 def run_dataset(dataset, work: Path, seed: int = 0) -> tuple[dict, dict]:
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
         stats[ds.name] = times
         for im in ds.images:
             preds[(ds.name, im.name)] = got.get(im.name, Prediction(cluster=OUTLIERS))
-    formats.write_submission(comp, preds, a.output)
+    write_submission(comp, preds, a.output)
     (a.output.with_suffix(".stats.json")).write_text(json.dumps(stats, indent=2))
     return 0
 

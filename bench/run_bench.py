@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from imc import formats, report, scoring  # noqa: E402
+from imc.submission import read_submission  # noqa: E402
 
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 
@@ -40,7 +41,7 @@ def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
 
 def score(data: Path, dataset: str, csv: Path) -> dict:
     comp = formats.read_competition(data, split="train", datasets=[dataset])
-    row = scoring.score(comp, formats.read_submission(csv, comp.year)).to_dict()["datasets"][0]
+    row = scoring.score(comp, read_submission(csv, comp.year)).to_dict()["datasets"][0]
     row["registered"] = registered(csv)
     return row
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import ImcError
 from .log import logger, setup_logging
+from .submission import check_submission, read_submission
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +106,7 @@ def cmd_run(args, data_root: Path, split: str | None, datasets) -> int:
     if comp.split == "train" and score:
         from . import scoring
 
-        report = scoring.score(comp, formats.read_submission(output, comp.year))
+        report = scoring.score(comp, read_submission(output, comp.year))
         print(scoring.summary(report))
         scores = report.to_dict()
     if not getattr(args, "no_report", False):
@@ -138,7 +139,7 @@ def cmd_score(args) -> int:
     from . import formats, scoring
 
     comp = formats.read_competition(args.data_root, split="train")
-    report = scoring.score(comp, formats.read_submission(args.submission, comp.year))
+    report = scoring.score(comp, read_submission(args.submission, comp.year))
     print(json.dumps(report.to_dict(), indent=2) if args.json else scoring.summary(report))
     return 0
 
@@ -147,7 +148,7 @@ def cmd_check(args) -> int:
     from . import formats
 
     comp = formats.read_competition(args.data_root, split=args.split)
-    problems = formats.check_submission(comp, formats.read_submission(args.submission, comp.year))
+    problems = check_submission(comp, read_submission(args.submission, comp.year))
     for line in problems:
         print(line)
     print(f"{args.submission}: {'OK' if not problems else f'{len(problems)} problems'}")

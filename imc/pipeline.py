@@ -322,7 +322,7 @@ def run(
 ) -> tuple[Predictions, RunStats]:
     """Run every dataset; always writes a complete submission (failed or skipped datasets:
     outliers). `time_budget`: seconds for the whole run (imc.budget); None: no limit."""
-    from .formats import write_submission
+    from .submission import write_submission
 
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("configuration: %s", json.dumps(conf, sort_keys=True))

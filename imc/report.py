@@ -28,6 +28,7 @@ from . import plots
 from .cache import atomic_write_text, h5_key, pair_key
 from .data import OUTLIERS, Competition, Dataset
 from .log import logger
+from .submission import read_submission
 
 THUMB = 160  # px, long side of the thumbnails
 ALIGN_MAX_CAMERAS = 120  # the exact registration costs ~n^4: 100 cameras ~7 s, 200 ~2 min
@@ -157,9 +158,9 @@ def reference_competition(data_root: Path | None, split: str, names: list[str]):
 def score_breakdown(comp: Competition, submission: Path) -> dict | None:
     """The metric's report (ScoreReport.to_dict()) of the run's submission, or None."""
     try:
-        from . import formats, scoring
+        from . import scoring
 
-        return scoring.score(comp, formats.read_submission(submission, comp.year)).to_dict()
+        return scoring.score(comp, read_submission(submission, comp.year)).to_dict()
     except Exception as e:
         logger.warning("report: no score for %s: %s", submission, e)
         return None

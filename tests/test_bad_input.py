@@ -26,6 +26,7 @@ from imc import config, formats, pipeline
 from imc.cache import h5_key
 from imc.data import OUTLIERS
 from imc.log import logger
+from imc.submission import check_submission, read_submission
 
 SPACES, NON_ASCII = "name with spaces.png", "vue_\u00e9\u00e0_\u65e5\u672c.png"
 UNREADABLE = {
@@ -125,7 +126,7 @@ def run(tmp_path_factory, bench_root):
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
-    frame = formats.read_submission(sub, 2025)
+    frame = read_submission(sub, 2025)
     summary = json.loads((tmp / "run" / "mixed" / "summary.json").read_text())
     return {"comp": comp, "frame": frame, "log": "\n".join(records.messages), "tmp": tmp}, summary
 
@@ -138,7 +139,7 @@ def _scene(frame: pd.DataFrame, dataset: str, image: str) -> str:
 
 def test_submission_is_complete_valid_and_in_order(run):
     r, _ = run
-    assert formats.check_submission(r["comp"], r["frame"]) == []
+    assert check_submission(r["comp"], r["frame"]) == []
     sample = pd.read_csv(r["tmp"] / "comp" / "sample_submission.csv", dtype=str)
     assert list(r["frame"]["image_id"]) == list(sample["image_id"])
     assert "failed" not in r["log"]  # no dataset failed as a whole

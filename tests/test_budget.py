@@ -15,6 +15,7 @@ from imc import budget as B
 from imc import config, formats, pipeline
 from imc.data import OUTLIERS
 from imc.log import logger
+from imc.submission import check_submission, read_submission
 
 
 class Clock:
@@ -132,8 +133,8 @@ def test_tiny_budget_still_writes_a_complete_submission(tmp_path, bench_root, ca
     conf = config.resolve("fast", None, FAST)
     sub = tmp_path / "submission.csv"
     preds, _ = pipeline.run(comp, conf, tmp_path / "run", tmp_path / "cache", sub, time_budget=1)
-    frame = formats.read_submission(sub, 2025)
-    assert formats.check_submission(comp, frame) == []
+    frame = read_submission(sub, 2025)
+    assert check_submission(comp, frame) == []
     assert len(frame) == 8 and set(frame["scene"]) == {OUTLIERS}
     text = caplog_imc.text
     assert "time budget, dataset second: no time left: not processed" in text

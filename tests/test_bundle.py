@@ -27,6 +27,7 @@ import pytest
 from imc import bundle, formats
 from imc.data import Competition, Dataset
 from imc.errors import ImcError
+from imc.submission import check_submission, read_submission
 from imc.weights import manifest, sha256
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,7 +145,7 @@ def _score(labelled: Competition, path: Path) -> float | None:
         from imc import scoring
     except ImportError:
         return None
-    return scoring.score(labelled, formats.read_submission(path, labelled.year)).score
+    return scoring.score(labelled, read_submission(path, labelled.year)).score
 
 
 def test_offline_install_and_run(tmp_path, wheel_cache, bench_root):
@@ -189,7 +190,7 @@ def test_offline_install_and_run(tmp_path, wheel_cache, bench_root):
     key = ["image_id", "dataset", "image"]
     assert got[key].equals(sample[key])  # row for row, in the sample's order
     test_comp = formats.read_competition(tmp_path / "comp", split="test")
-    assert formats.check_submission(test_comp, formats.read_submission(offline, 2025)) == []
+    assert check_submission(test_comp, read_submission(offline, 2025)) == []
 
     direct = tmp_path / "direct" / "submission.csv"
     cmd = [Path(sys.executable).with_name("imc"), "run", tmp_path / "comp", "--output", direct]

@@ -13,6 +13,13 @@ import pytest
 from imc import formats
 from imc.data import OUTLIERS, Prediction
 from imc.errors import ImcError, SubmissionError
+from imc.submission import (
+    check_submission,
+    predictions_from_frame,
+    read_submission,
+    submission_frame,
+    write_submission,
+)
 
 NAN9, NAN3 = ";".join(["nan"] * 9), "nan;nan;nan"
 EYE9, ZERO3 = "1.0;0.0;0.0;0.0;1.0;0.0;0.0;0.0;1.0", "0.0;0.0;0.0"
@@ -145,13 +152,13 @@ def test_bench_is_read_as_2025_train(bench_root: Path) -> None:
 def test_bench_submission_round_trip(bench_root: Path, tmp_path: Path) -> None:
     comp = formats.read_competition(bench_root, split="train")
     ref = formats.reference_predictions(comp)
-    path = formats.write_submission(comp, ref, tmp_path / "sub" / "submission.csv")
-    frame = formats.read_submission(path, 2025)
+    path = write_submission(comp, ref, tmp_path / "sub" / "submission.csv")
+    frame = read_submission(path, 2025)
     assert list(frame.columns) == list(formats.SUBMISSION_COLUMNS[2025])
     order = [(d.dataset, im.name) for d in comp.datasets.values() for im in d.images]
     assert list(zip(frame["dataset"], frame["image"])) == order  # every image once, in order
-    assert formats.check_submission(comp, frame) == []
-    back = formats.predictions_from_frame(comp, frame)
+    assert check_submission(comp, frame) == []
+    back = predictions_from_frame(comp, frame)
     assert back.keys() == ref.keys()
     for key, p in ref.items():
         assert back[key].registered == p.registered
@@ -167,7 +174,7 @@ def test_missing_and_unregistered_predictions(bench_root: Path) -> None:
     preds = formats.reference_predictions(comp)
     del preds[("ETs", "et001.jpg")]
     preds[("ETs", "et002.jpg")] = Prediction("cluster7")  # a cluster but no pose
-    frame = formats.submission_frame(comp, preds).set_index("image")
+    frame = submission_frame(comp, preds).set_index("image")
     assert len(frame) == 22
     for name in ["et001.jpg", "et002.jpg"]:
         row = frame.loc[name]
@@ -221,8 +228,8 @@ def test_test_layout_round_trip(bench_root: Path, tmp_path: Path) -> None:
         im.name for im in reversed(comp.datasets["ETs"].images)
     ]
     preds = {k: p for k, p in formats.reference_predictions(comp).items()}
-    frame = formats.submission_frame(again, preds)
-    assert formats.check_submission(again, frame) == []
+    frame = submission_frame(again, preds)
+    assert check_submission(again, frame) == []
     assert list(frame["image_id"]) == list(sample["image_id"].iloc[::-1])
 
 
@@ -246,7 +253,7 @@ def test_2024_synthetic(root2024: Path) -> None:
     assert church.images[0].image_id == "test/church/images/00090.png"
     assert church.images[0].path == root2024 / "test/church/images/00090.png"
     preds = {("church", "00001.png"): Prediction("x", _rot(30), np.array([1.0, 2, 3]))}
-    frame = formats.submission_frame(comp, preds)
+    frame = submission_frame(comp, preds)
     assert list(frame.columns) == list(formats.SUBMISSION_COLUMNS[2024])
     assert (
         frame["image_path"].tolist()
@@ -283,7 +290,7 @@ def test_2023_synthetic(root2023: Path, tmp_path: Path) -> None:
     assert bike.images[0].path == root2023 / "test/haiper/bike/images/b.png"
     only = formats.read_competition(root2023, datasets=["haiper"])
     assert list(only.datasets) == ["haiper/bike"]
-    frame = formats.submission_frame(comp, {})
+    frame = submission_frame(comp, {})
     assert frame["rotation_matrix"].tolist() == [EYE9] * 3  # the metric raises on nan
     assert frame["translation_vector"].tolist() == [ZERO3] * 3
     assert frame["scene"].tolist() == ["bike", "bike", "kyiv"]
@@ -299,17 +306,17 @@ def test_2023_synthetic(root2023: Path, tmp_path: Path) -> None:
 
 def test_check_submission_names_problems(root2023: Path, tmp_path: Path) -> None:
     comp = formats.read_competition(root2023)
-    frame = formats.submission_frame(comp, {})
-    assert formats.check_submission(comp, frame) == []
+    frame = submission_frame(comp, {})
+    assert check_submission(comp, frame) == []
     frame.loc[0, "rotation_matrix"] = NAN9  # crashes the 2023 metric
     frame.loc[1, "scene"] = "car"
     frame.loc[2, "image_path"] = "urban/kyiv/images/k2.png"
-    problems = formats.check_submission(comp, frame)
+    problems = check_submission(comp, frame)
     assert len(problems) == 4, problems
     assert "non-finite" in problems[0] and "'car'" in problems[1]
     assert "k2.png" in problems[2] and "1 image(s) have no row" in problems[3]
     with pytest.raises(SubmissionError) as e:
-        formats.predictions_from_frame(comp, frame)
+        predictions_from_frame(comp, frame)
     _one_line_error(e, "k2.png")
     with pytest.raises(ImcError) as e:  # writing a test layout over its own images
         formats.write_test_layout(comp, root2023)
@@ -388,7 +395,7 @@ def test_malformed_submission(tmp_path: Path, body: str, expect: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(body)
     with pytest.raises(ImcError) as e:
-        formats.read_submission(path, 2025)
+        read_submission(path, 2025)
     _one_line_error(e, "bad.csv", expect)
 
 
@@ -397,5 +404,5 @@ def test_duplicated_submission_row(tmp_path: Path) -> None:
     row = f"A,s,a.png,{NAN9},{NAN3}"
     _csv(path, H25, [row, row])
     with pytest.raises(SubmissionError) as e:
-        formats.read_submission(path, 2025)
+        read_submission(path, 2025)
     _one_line_error(e, "dup.csv", "A/a.png")

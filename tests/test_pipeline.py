@@ -11,6 +11,7 @@ import pytest
 
 from imc import config, formats, pipeline, scoring
 from imc.demo import make_demo
+from imc.submission import check_submission, read_submission
 
 
 def _run(root, datasets, tmp_path, preset="fast", overrides=()):
@@ -18,14 +19,14 @@ def _run(root, datasets, tmp_path, preset="fast", overrides=()):
     conf = config.resolve(preset, overrides=list(overrides))
     out = tmp_path / "submission.csv"
     pipeline.run(comp, conf, tmp_path / "run", tmp_path / "cache", out)
-    return comp, out, scoring.score(comp, formats.read_submission(out, comp.year))
+    return comp, out, scoring.score(comp, read_submission(out, comp.year))
 
 
 @pytest.mark.slow
 def test_demo_scene_end_to_end(tmp_path):
     root = make_demo(tmp_path / "data")
     comp, out, report = _run(root, None, tmp_path)
-    assert formats.check_submission(comp, formats.read_submission(out, comp.year)) == []
+    assert check_submission(comp, read_submission(out, comp.year)) == []
     summary = pd.read_json(tmp_path / "run" / "demo" / "summary.json", typ="series")
     # the four images stored rotated come back with the rotation that makes them upright
     assert {k: v for k, v in summary["rotations"].items() if v} == {

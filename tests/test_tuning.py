@@ -18,6 +18,7 @@ import pytest
 from imc import config, formats, mapping, scoring
 from imc.cli import main as imc_main
 from imc.errors import ImcError
+from imc.submission import predictions_from_frame, read_submission
 from tuning import space as space_mod
 from tuning.cli import choose_datasets
 from tuning.prepare import Prepared
@@ -214,7 +215,7 @@ def test_study_is_deterministic_and_its_best_config_reproduces_in_imc_run(work, 
     args.append("--no-score")
     assert imc_main([*args, "--cache-dir", str(work / "cache"), "--run-dir", str(run)]) == 0
     comp = formats.read_competition(small, split="train", datasets=["wall"])
-    frame = formats.read_submission(run / "submission.csv", comp.year)
+    frame = read_submission(run / "submission.csv", comp.year)
     assert scoring.score(comp, frame).score == pytest.approx(best.value, abs=1e-9)
 
 
@@ -244,8 +245,8 @@ def test_a_trial_of_the_base_configuration_is_the_imc_run_of_it(work):
     conf = config.resolve("fast", overrides=SMALL)
     comp = formats.read_competition(work / "small", split="train", datasets=["wall"])
     prep = prepare.prepare(comp, prepare.prep_conf(conf, 0), work / "cache", ["wall"])["wall"]
-    frame = formats.read_submission(prep.run_dir / "submission.csv", comp.year)
-    ran = {im: p for (_, im), p in formats.predictions_from_frame(comp, frame).items()}
+    frame = read_submission(prep.run_dir / "submission.csv", comp.year)
+    ran = {im: p for (_, im), p in predictions_from_frame(comp, frame).items()}
     trial = evaluate_dataset(comp, prep, trial_conf(conf, {}))
     assert trial.registered >= 4
     assert {n for n, p in ran.items() if p.registered} == set(trial.predictions)

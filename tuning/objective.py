@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imc import clustering, formats, mapping, scoring, verification
+from imc import clustering, mapping, scoring, verification
 from imc.cache import h5_key
 from imc.data import Competition, Predictions
 from imc.log import logger
+from imc.submission import submission_frame
 
 from . import space as space_mod
 from .prepare import Prepared
@@ -73,7 +74,7 @@ def score_predictions(comp: Competition, prep: Prepared, preds: dict) -> float:
     ds = prep.dataset
     sub = Competition(comp.year, comp.root, comp.split, {ds.name: ds})
     full: Predictions = {(ds.name, n): p for n, p in preds.items()}
-    frame = formats.submission_frame(sub, full)
+    frame = submission_frame(sub, full)
     return float(scoring.score(sub, frame).score)
 
 
