@@ -152,16 +152,9 @@ def run_dataset(
     with stats.stage(ds, "orientation"):
         d = stage_dir(cache, "orientation", up, conf["orientation"], conf["features"]["model"])
         rotations = orientation.main(
-            conf["orientation"],
-            conf["features"],
-            names,
-            paths,
-            models.aliked,
-            models.match,
-            d,
-            models.device,
-            exif,
-        )
+            conf["orientation"], conf["features"], names, paths, models.aliked, models.match,
+            d, models.device, exif,
+        )  # fmt: skip
     up = [up, rotations, conf["features"]]
     with stats.stage(ds, "features"):
         d = stage_dir(cache, "features", up)
@@ -173,18 +166,7 @@ def run_dataset(
     good = [n for n in names if n not in failed]
     with stats.stage(ds, "pairs"):
         d = stage_dir(cache, "retrieval", up, conf["retrieval"])
-        glob = retrieval.main(
-            conf["retrieval"],
-            dataset,
-            d,
-            models.device,
-            local_descriptors=retrieval.local_descriptors_from_h5(feats),
-        )
-        pair_list = [
-            p
-            for p in pairs.read_pairs(pairs.main(conf["retrieval"], glob, d))
-            if p[0] in good and p[1] in good
-        ]
+        glob, pair_list = select_pairs(conf["retrieval"], dataset, feats, good, d, models.device)
     up = [up, conf["retrieval"], conf["matching"]]
     with stats.stage(ds, "matching"):
         d = stage_dir(cache, "matching", up)
@@ -225,6 +207,19 @@ def run_dataset(
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return preds
+
+
+def select_pairs(
+    conf: dict, dataset: Dataset, feats: Path, good: list[str], out_dir: Path, device
+) -> tuple[Path, list[tuple[str, str]]]:
+    """Global descriptors and retrieval pairs (`conf`: the retrieval section), keeping only
+    pairs of readable images. Returns global.h5 and the pairs."""
+    glob = retrieval.main(
+        conf, dataset, out_dir, device, local_descriptors=retrieval.local_descriptors_from_h5(feats)
+    )
+    keep = set(good)
+    found = pairs.read_pairs(pairs.main(conf, glob, out_dir))
+    return glob, [p for p in found if p[0] in keep and p[1] in keep]
 
 
 def report_inputs(dataset: Dataset, features_path: Path, failed: dict[str, str]) -> None:
