@@ -25,17 +25,12 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .horn import horn_matrix, lapack_rotation, top_rotation
-
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # optional: without it, BLAS threads compete with the worker threads
-    threadpool_limits = None
 
 _BATCH_ELEMENTS = 600_000  # triplets (or sets) x cameras per batch: ~30 MB of temporaries
 _SMALL_LEVEL = 65_536  # hashes kept in the small sorted level of `_SeenSets`
@@ -141,8 +136,6 @@ def _search(
 def _one_blas_thread():
     """BLAS limited to one thread: its threads only compete with the workers on these sizes
     (measured here: 150 cameras, 2 workers, 8.5 s against 20 s with OpenBLAS's own threads)."""
-    if threadpool_limits is None:
-        return nullcontext()
     return threadpool_limits(1, user_api="blas")
 
 
