@@ -74,6 +74,12 @@ def build_database(
     return ids
 
 
+# Incremental-pipeline options where imc's default differs from pycolmap's; `mapping.options`
+# overrides them. filter_max_reproj_error 2.3 (pycolmap: 4.0): found by `imc tune` on imc-bench,
+# ETs 57.5 -> 66.7 and templeRing 75.2 -> 83.1, held-out fountain unchanged (BENCHMARKS.md).
+INCREMENTAL_DEFAULTS = {"filter_max_reproj_error": 2.3}
+
+
 def _set_option(options, key: str, value) -> None:
     """Set `key` on the pipeline options and on every sub-option group that has it."""
     subs = ("mapper", "triangulation", "bundle_adjustment", "global_positioning")
@@ -106,7 +112,10 @@ def pipeline_options(conf: dict, num_threads: int, seed: int):
     options.min_model_size = conf["min_model_size"]
     for key, value in (("num_threads", num_threads), ("random_seed", seed)):
         _set_option(options, key, value)
-    for key, value in conf["options"].items():
+    chosen = conf["options"]
+    if conf["mapper"] == "incremental":
+        chosen = {**INCREMENTAL_DEFAULTS, **chosen}
+    for key, value in chosen.items():
         _set_option(options, key, value)
     return options
 

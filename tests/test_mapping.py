@@ -152,3 +152,15 @@ def test_global_mapper_recovers_the_synthetic_cameras(tmp_path):
     est = _centres([(preds[n].R, preds[n].t) for n in names])
     ref = _centres(scene["poses"])
     assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
+
+
+def test_incremental_defaults_apply_to_the_incremental_pipeline_only():
+    conf = config.resolve()["mapping"]
+    opts = mapping.pipeline_options(conf, 1, 0)
+    assert opts.mapper.filter_max_reproj_error == mapping.INCREMENTAL_DEFAULTS[
+        "filter_max_reproj_error"
+    ]
+    conf["options"] = {"filter_max_reproj_error": 3.0}  # the configuration wins
+    assert mapping.pipeline_options(conf, 1, 0).mapper.filter_max_reproj_error == 3.0
+    conf = config.resolve(overrides=["mapping.mapper=global"])["mapping"]
+    mapping.pipeline_options(conf, 1, 0)  # no incremental option reaches the global pipeline

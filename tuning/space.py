@@ -171,9 +171,14 @@ def load_space_file(path: str | Path) -> dict:
 
 
 def pycolmap_default(key: str) -> Any:
-    """pycolmap's default of a pipeline option (or of its mapper / triangulation options)."""
+    """imc's default of an incremental pipeline option (imc.mapping.INCREMENTAL_DEFAULTS),
+    else pycolmap's (of the pipeline, or of its mapper / triangulation options)."""
     import pycolmap
 
+    from imc.mapping import INCREMENTAL_DEFAULTS
+
+    if key in INCREMENTAL_DEFAULTS:
+        return INCREMENTAL_DEFAULTS[key]
     options = pycolmap.IncrementalPipelineOptions()
     for target in (options, options.mapper, options.triangulation):
         if hasattr(target, key):
