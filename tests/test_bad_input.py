@@ -115,7 +115,14 @@ def run(tmp_path_factory, bench_root):
     tmp = tmp_path_factory.mktemp("bad_input")
     _competition(tmp / "comp", bench_root)
     comp = formats.read_competition(tmp / "comp", split="test")
-    overrides = ["features.max_keypoints=512", "orientation.num_neighbors=1"]
+    # pycolmap's 4 px observation filter: at 512 keypoints the default 2.3 px
+    # (imc.mapping.INCREMENTAL_DEFAULTS, tuned for full-size runs) leaves a view of this small
+    # scene out; these tests are about the inputs, not that setting
+    overrides = [
+        "features.max_keypoints=512",
+        "orientation.num_neighbors=1",
+        "mapping.options.filter_max_reproj_error=4.0",
+    ]
     conf = config.resolve("fast", None, overrides)
     records, level = _Records(), logger.level
     logger.addHandler(records)
