@@ -157,9 +157,10 @@ def test_global_mapper_recovers_the_synthetic_cameras(tmp_path):
 def test_incremental_defaults_apply_to_the_incremental_pipeline_only():
     conf = config.resolve()["mapping"]
     opts = mapping.pipeline_options(conf, 1, 0)
-    assert opts.mapper.filter_max_reproj_error == mapping.INCREMENTAL_DEFAULTS[
-        "filter_max_reproj_error"
-    ]
+    assert (
+        opts.mapper.filter_max_reproj_error
+        == mapping.INCREMENTAL_DEFAULTS["filter_max_reproj_error"]
+    )
     conf["options"] = {"filter_max_reproj_error": 3.0}  # the configuration wins
     assert mapping.pipeline_options(conf, 1, 0).mapper.filter_max_reproj_error == 3.0
     conf = config.resolve(overrides=["mapping.mapper=global"])["mapping"]
