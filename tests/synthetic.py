@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from imc.cache import h5_key
+from imc.data import Dataset, ImageInfo
 
 
 def look_at(center: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -74,4 +75,24 @@ def write_images(scene: dict, names: list[str], folder: Path) -> list[Path]:
     for name in names:
         cv2.imwrite(str(folder / name), np.full((h, w, 3), 128, np.uint8))
         out.append(folder / name)
+    return out
+
+
+def toy_dataset(scene: dict, names: list[str], root: Path, paths: list[Path] | None = None):
+    """(Dataset "toy", features.h5) of `scene`: images as `paths` (default: grey images
+    written under `root/images`), keypoints in `root/features.h5`."""
+    paths = paths if paths is not None else write_images(scene, names, root / "images")
+    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths, strict=True)])
+    return ds, write_features(scene, names, root / "features.h5")
+
+
+def verified_pairs(scene: dict, names: list[str]) -> dict:
+    """The scene's true matches as verification's output: (a, b) -> inliers [M x 2], F (8-point
+    on the true matches), num_matches (true and wrong)."""
+    out = {}
+    for (i, j), m in scene["matches"].items():
+        true = m[m[:, 0] == m[:, 1]]
+        p0, p1 = scene["keypoints"][i][true[:, 0]], scene["keypoints"][j][true[:, 1]]
+        F, _ = cv2.findFundamentalMat(p0.astype(float), p1.astype(float), cv2.FM_8POINT)
+        out[(names[i], names[j])] = {"inliers": true, "F": F, "num_matches": len(m)}
     return out

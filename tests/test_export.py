@@ -8,10 +8,9 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
-from synthetic import make_scene, write_features
+from synthetic import make_scene, toy_dataset, verified_pairs
 
 from imc import config, mapping
-from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.export import camera_intrinsics, pose_from_transform, transform_from_pose
 
@@ -62,16 +61,6 @@ def test_intrinsics_per_camera_model():
         camera_intrinsics(cam)
 
 
-def _verified(scene, names):
-    out = {}
-    for (i, j), m in scene["matches"].items():
-        true = m[m[:, 0] == m[:, 1]]
-        p0, p1 = scene["keypoints"][i][true[:, 0]], scene["keypoints"][j][true[:, 1]]
-        F, _ = cv2.findFundamentalMat(p0.astype(float), p1.astype(float), cv2.FM_8POINT)
-        out[(names[i], names[j])] = {"inliers": true, "F": F, "num_matches": len(m)}
-    return out
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """The synthetic scene mapped by imc.mapping (which calls the exporter); images in a
@@ -84,11 +73,16 @@ def exported(tmp_path_factory):
     paths = [tmp / "data" / "images" / n for n in names]
     for p in paths:
         cv2.imwrite(str(p), np.full((h, w, 3), RGB[::-1], np.uint8))
-    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths, strict=True)])
-    feats = write_features(scene, names, tmp / "features.h5")
+    ds, feats = toy_dataset(scene, names, tmp, paths)
     conf = config.DEFAULTS
     preds = mapping.main(
-        conf["mapping"], conf["runtime"], ds, names, feats, _verified(scene, names), tmp / "out"
+        conf["mapping"],
+        conf["runtime"],
+        ds,
+        names,
+        feats,
+        verified_pairs(scene, names),
+        tmp / "out",
     )
     assert len(preds) == 6
     return tmp / "out" / "models" / "0", paths

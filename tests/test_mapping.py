@@ -1,22 +1,9 @@
 import numpy as np
 import pytest
-from synthetic import make_scene, write_features, write_images
+from synthetic import make_scene, toy_dataset, verified_pairs
 
 from imc import config, mapping
-from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
-
-
-def _verified(scene, names):
-    import cv2
-
-    out = {}
-    for (i, j), m in scene["matches"].items():
-        true = m[m[:, 0] == m[:, 1]]
-        p0, p1 = scene["keypoints"][i][true[:, 0]], scene["keypoints"][j][true[:, 1]]
-        F, _ = cv2.findFundamentalMat(p0.astype(float), p1.astype(float), cv2.FM_8POINT)
-        out[(names[i], names[j])] = {"inliers": true, "F": F, "num_matches": len(m)}
-    return out
 
 
 def _centres(poses):
@@ -37,9 +24,7 @@ def _align_error(est: np.ndarray, ref: np.ndarray) -> float:
 def test_mapping_recovers_the_synthetic_cameras(tmp_path):
     scene = make_scene(n_cams=6, noise=0.2)
     names = [f"im{i}.png" for i in range(6)]
-    paths = write_images(scene, names, tmp_path / "images")
-    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
-    feats = write_features(scene, names, tmp_path / "features.h5")
+    ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.DEFAULTS
     preds = mapping.main(
         conf["mapping"],
@@ -47,7 +32,7 @@ def test_mapping_recovers_the_synthetic_cameras(tmp_path):
         ds,
         names,
         feats,
-        _verified(scene, names),
+        verified_pairs(scene, names),
         tmp_path / "out",
     )
     assert set(preds) == set(names)
@@ -62,9 +47,7 @@ def test_mapping_recovers_the_synthetic_cameras(tmp_path):
 def test_mapping_is_deterministic(tmp_path):
     scene = make_scene(n_cams=5, noise=0.5, seed=3)
     names = [f"im{i}.png" for i in range(5)]
-    paths = write_images(scene, names, tmp_path / "images")
-    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
-    feats = write_features(scene, names, tmp_path / "features.h5")
+    ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.DEFAULTS
     runs = [
         mapping.main(
@@ -73,7 +56,7 @@ def test_mapping_is_deterministic(tmp_path):
             ds,
             names,
             feats,
-            _verified(scene, names),
+            verified_pairs(scene, names),
             tmp_path / f"out{k}",
         )
         for k in range(2)
@@ -86,9 +69,7 @@ def test_mapping_is_deterministic(tmp_path):
 def test_no_pairs_means_no_model(tmp_path):
     scene = make_scene(n_cams=2)
     names = ["a.png", "b.png"]
-    paths = write_images(scene, names, tmp_path / "images")
-    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
-    feats = write_features(scene, names, tmp_path / "features.h5")
+    ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.DEFAULTS
     assert (
         mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {}, tmp_path / "o") == {}
@@ -141,12 +122,16 @@ def test_unknown_mapper_option_is_an_error():
 def test_global_mapper_recovers_the_synthetic_cameras(tmp_path):
     scene = make_scene(n_cams=6, noise=0.2, seed=5)
     names = [f"im{i}.png" for i in range(6)]
-    paths = write_images(scene, names, tmp_path / "images")
-    ds = Dataset("toy", "toy", [ImageInfo(n, p) for n, p in zip(names, paths)])
-    feats = write_features(scene, names, tmp_path / "features.h5")
+    ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.merge(config.DEFAULTS, {"mapping": {"mapper": "global"}})
     preds = mapping.main(
-        conf["mapping"], conf["runtime"], ds, names, feats, _verified(scene, names), tmp_path / "g"
+        conf["mapping"],
+        conf["runtime"],
+        ds,
+        names,
+        feats,
+        verified_pairs(scene, names),
+        tmp_path / "g",
     )
     assert set(preds) == set(names)
     est = _centres([(preds[n].R, preds[n].t) for n in names])
