@@ -12,17 +12,24 @@ from .log import logger, setup_logging
 from .submission import check_submission, read_submission
 
 
-def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON config file (e.g. the best config of `imc tune`)")
-    p.add_argument("--preset", help="named preset: cpu, gpu, fast")
+def add_config_args(p: argparse.ArgumentParser, base: bool = False) -> None:
+    """--config, --preset and --set (args.config, args.preset, args.overrides), the inputs of
+    config.resolve; `base`: they give the base configuration (of a sweep)."""
+    what = "base " if base else ""
+    p.add_argument("--config", help=f"JSON {what}config file (e.g. the best config of `imc tune`)")
+    p.add_argument("--preset", help=f"named {what}preset: cpu, gpu, fast")
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one setting, e.g. --set features.max_keypoints=1024",
+        help=f"override one {what}setting, e.g. --set features.max_keypoints=1024",
     )
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
     p.add_argument(
         "--cache-dir", type=Path, help="cache root (default: $IMC_CACHE or ./outputs/cache)"
     )

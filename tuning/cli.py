@@ -32,6 +32,8 @@ def default_data_root() -> Path:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the `tune` subcommand to the `imc` command's subparsers."""
+    from imc.cli import add_config_args
+
     p = sub.add_parser("tune", help="tune verification and mapping settings with Optuna")
     p.add_argument(
         "data_root", type=Path, nargs="?", help="labelled competition folder (default: imc-bench)"
@@ -57,12 +59,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="narrow a parameter: P=LOW:HIGH, or P=a|b|c for choices",
     )
     p.add_argument("--space", type=Path, help="JSON file with params / exclude / ranges")
-    p.add_argument("--config", help="base configuration file (as for imc run)")
-    p.add_argument("--preset", help="base preset: cpu, gpu, fast")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override one base setting, e.g. --set features.max_keypoints=1024",
-    )  # fmt: skip
+    add_config_args(p, base=True)
     p.add_argument("--cache-dir", type=Path, help="cache root (default: $IMC_CACHE)")
     p.add_argument("--seed", type=int, help="sampler seed (default: random per worker)")
     p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds")
