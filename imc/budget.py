@@ -19,6 +19,10 @@ The policy, every decision logged and recorded in the dataset's `summary.json` (
    that fits.
 5. Deadline. Matching stops at the end of the share's matching time; unmatched pairs are left
    out. Mapping is skipped when the run's whole budget is spent.
+6. Mapping. Mapping runs until the end of the dataset's share, or for at least
+   `1 - MATCHING_FRACTION` of the share when matching and verification ran late, never past the
+   run's end; incremental mapping then stops (imc.mapping: after the bundle adjustment in
+   progress) and the images registered so far keep their poses.
 
 Given the same decisions (level, pairs per image, where matching stopped), the results are the
 same: only these decisions depend on the clock.
@@ -170,6 +174,12 @@ class Budget:
     def matching_allowance(self, plan: DatasetPlan) -> float:
         """Seconds left for matching: until the plan's matching deadline or the run's end."""
         return min(plan.matching_deadline, self.deadline) - self.clock()
+
+    def mapping_allowance(self, plan: DatasetPlan) -> float:
+        """Seconds for mapping (point 6); inf without a limit."""
+        now = self.clock()
+        end = max(plan.start + plan.share, now + (1 - MATCHING_FRACTION) * plan.share)
+        return min(end, self.deadline) - now
 
 
 def max_pairs(allowance: float, per_pair: float | None) -> int | None:

@@ -68,6 +68,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "mapper": "incremental",  # "incremental" or "global"
         "min_model_size": 3,
         "max_num_models": 50,
+        "camera_mode": "auto",  # "auto", "per_image" or "shared" (imc.mapping)
+        "focal_tolerance": 0.03,  # auto: share a group's camera when its focal lengths agree
         "options": {},  # any pycolmap IncrementalPipelineOptions / mapper attribute
     },
     "runtime": {

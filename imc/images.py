@@ -6,6 +6,7 @@ pixel at (0, 0). COLMAP puts it at (0.5, 0.5); the database writer adds 0.5 (map
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -73,6 +74,25 @@ def image_size(path: str | Path, apply_exif: bool = False) -> tuple[int, int]:
             return im.size
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot be read as an image ({e})") from None
+
+
+def exif_camera(path: str | Path) -> tuple[str, str, float] | None:
+    """(make, model, focal length in mm) from the EXIF header; None when any is missing or the
+    file cannot be read (the image's own reader reports that)."""
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            focal = exif.get_ifd(0x8769).get(37386)  # Exif IFD: FocalLength
+            make, model = exif.get(271), exif.get(272)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return None
+    try:
+        focal = float(focal)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if not make or not model or not math.isfinite(focal) or focal <= 0:
+        return None
+    return str(make).strip(), str(model).strip(), round(focal, 3)
 
 
 def resize_long_side(image: np.ndarray, long_side: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -185,11 +185,8 @@ def run_dataset(
     out = run_dir / safe_name(ds)
     out.mkdir(parents=True, exist_ok=True)
     with stats.stage(ds, "mapping"):
-        if budget.remaining() > 0:
-            preds = mapping.main(conf["mapping"], conf["runtime"], dataset, good, feats, kept, out)
-        else:
-            plan.note("no time left for mapping: its images are outliers")
-            preds = {}
+        mapped = map_within_budget(conf, dataset, good, feats, kept, out, budget, plan)
+    preds = mapped.preds
     summary = {
         "dataset": ds,
         "images": {n: str(p) for n, p in paths.items()},
@@ -203,10 +200,36 @@ def run_dataset(
         "features": str(feats),
         "matches": str(matches),
         "verified": str(verified_path),
+        "mapping": mapped.to_dict(),
         "budget": plan.to_dict(),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return preds
+
+
+def map_within_budget(
+    conf: dict,
+    dataset: Dataset,
+    names: list[str],
+    feats: Path,
+    kept: dict,
+    out: Path,
+    budget: Budget,
+    plan: DatasetPlan,
+) -> mapping.MappingResult:
+    """Mapping in the dataset's time (imc.budget, point 6); skipped when the run's time is out."""
+    allowance = budget.mapping_allowance(plan)
+    if allowance <= 0:
+        plan.note("no time left for mapping: its images are outliers")
+        return mapping.MappingResult()
+    limit = allowance if math.isfinite(allowance) else None
+    result = mapping.main(conf["mapping"], conf["runtime"], dataset, names, feats, kept, out, limit)
+    if result.stopped:
+        plan.note(
+            f"mapping stopped at its time limit ({allowance:.0f} s): "
+            f"{len(result.preds)} of {len(names)} images registered"
+        )
+    return result
 
 
 def select_pairs(

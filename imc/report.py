@@ -60,6 +60,18 @@ class RunFolder:
     datasets: list[str] = field(default_factory=list)
 
 
+def _cameras_text(summary: dict) -> str:
+    """'; cameras: ...' from the summary's mapping record (empty for older runs)."""
+    m = summary.get("mapping")
+    if not isinstance(m, dict) or "cameras" not in m:
+        return ""
+    if m["cameras"] == "shared":
+        text = f"; cameras shared in {m.get('shared_groups', 0)} group(s)"
+    else:
+        text = "; one camera per image"
+    return text + (" (mapping stopped at its time limit)" if m.get("stopped_at_time_limit") else "")
+
+
 def _read_json(path: Path, default):
     try:
         return json.loads(path.read_text())
@@ -312,7 +324,7 @@ def dataset_section(
         f"<p>{n} images, {reg} registered in {len(cluster_order(summary.get('clusters', {})))} "
         f"clusters, {len(summary.get('failed', {}))} unreadable; "
         f"{len(summary.get('retrieval_pairs', []))} retrieval pairs, "
-        f"{len(summary.get('verified_pairs', []))} verified.</p>"
+        f"{len(summary.get('verified_pairs', []))} verified{_cameras_text(summary)}.</p>"
     )
     for note in (summary.get("budget") or {}).get("decisions", []):
         out.append(f"<p class='note'>time budget: {html.escape(note)}</p>")

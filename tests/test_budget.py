@@ -1,16 +1,18 @@
-"""Time budget: shares, levels, pair cuts (hand-computed), and runs that must still end with a
-complete submission when the budget is tiny or matching has to be cut."""
+"""Time budget: shares, levels, pair cuts, mapping time (hand-computed), and runs that must still
+end with a complete submission when the budget is tiny or matching or mapping has to be cut."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import make_scene, toy_dataset, verified_pairs
 
 from imc import budget as B
 from imc import config, formats, pipeline
@@ -47,6 +49,39 @@ def test_shares_follow_image_counts_and_leftovers_move_on():
     clock.t += 95  # nothing left
     c = b.start("c", conf)
     assert c.skip and c.share == 0 and "no time left" in c.decisions[0]
+
+
+def test_mapping_allowance_hand_computed():
+    clock = Clock(0.0)
+    b = B.Budget(100, {"a": 10}, clock)
+    plan = B.DatasetPlan("a", 10, share=50, start=-20)  # 30 s of its share left
+    assert b.mapping_allowance(plan) == pytest.approx(30)
+    plan = B.DatasetPlan("a", 10, share=50, start=-48)  # 2 s left: the floor, 20 % of 50 s
+    assert b.mapping_allowance(plan) == pytest.approx(10)
+    clock.t = 95  # the run ends in 5 s, before the floor
+    assert b.mapping_allowance(plan) == pytest.approx(5)
+    assert B.Budget(math.inf, {}).mapping_allowance(B.DatasetPlan("a", 1, math.inf, 0)) == math.inf
+
+
+def test_mapping_stops_at_the_end_of_the_share(tmp_path):
+    """A dataset whose share ends in one second: mapping (about 4 s per pass here) stops then,
+    and the plan records it."""
+    scene = make_scene(n_cams=24, n_points=1200, seed=1)
+    names = [f"im{i:02d}.png" for i in range(24)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    clock = Clock(0.0)
+    budget = B.Budget(1e6, {"toy": 24}, clock)
+    plan = B.DatasetPlan("toy", 24, share=5, start=-4)
+    conf = config.resolve()
+    pairs = verified_pairs(scene, names)
+    result = pipeline.map_within_budget(conf, ds, names, feats, pairs, tmp_path, budget, plan)
+    assert result.stopped and 0 < len(result.preds) < 24
+    assert plan.decisions == [
+        f"mapping stopped at its time limit (1 s): {len(result.preds)} of 24 images registered"
+    ]
+    clock.t = 1e6  # the run's time is spent: no mapping at all
+    result = pipeline.map_within_budget(conf, ds, names, feats, pairs, tmp_path, budget, plan)
+    assert result.preds == {} and "no time left for mapping" in plan.decisions[-1]
 
 
 def test_choose_level_hand_computed():

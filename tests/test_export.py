@@ -83,7 +83,7 @@ def exported(tmp_path_factory):
         feats,
         verified_pairs(scene, names),
         tmp / "out",
-    )
+    ).preds
     assert len(preds) == 6
     return tmp / "out" / "models" / "0", paths
 

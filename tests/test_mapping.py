@@ -1,5 +1,9 @@
+import sqlite3
+
 import numpy as np
+import pycolmap
 import pytest
+from PIL import Image
 from synthetic import make_scene, toy_dataset, verified_pairs
 
 from imc import config, mapping
@@ -34,7 +38,7 @@ def test_mapping_recovers_the_synthetic_cameras(tmp_path):
         feats,
         verified_pairs(scene, names),
         tmp_path / "out",
-    )
+    ).preds
     assert set(preds) == set(names)
     assert {p.cluster for p in preds.values()} == {"cluster0"}
     est = _centres([(preds[n].R, preds[n].t) for n in names])
@@ -58,7 +62,7 @@ def test_mapping_is_deterministic(tmp_path):
             feats,
             verified_pairs(scene, names),
             tmp_path / f"out{k}",
-        )
+        ).preds
         for k in range(2)
     ]
     for n in names:
@@ -71,9 +75,8 @@ def test_no_pairs_means_no_model(tmp_path):
     names = ["a.png", "b.png"]
     ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.DEFAULTS
-    assert (
-        mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {}, tmp_path / "o") == {}
-    )
+    result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {}, tmp_path / "o")
+    assert result.preds == {} and result.seconds == []
 
 
 def test_overlapping_models_give_each_image_one_cluster():
@@ -132,7 +135,7 @@ def test_global_mapper_recovers_the_synthetic_cameras(tmp_path):
         feats,
         verified_pairs(scene, names),
         tmp_path / "g",
-    )
+    ).preds
     assert set(preds) == set(names)
     est = _centres([(preds[n].R, preds[n].t) for n in names])
     ref = _centres(scene["poses"])
@@ -150,3 +153,96 @@ def test_incremental_defaults_apply_to_the_incremental_pipeline_only():
     assert mapping.pipeline_options(conf, 1, 0).mapper.filter_max_reproj_error == 3.0
     conf = config.resolve(overrides=["mapping.mapper=global"])["mapping"]
     mapping.pipeline_options(conf, 1, 0)  # no incremental option reaches the global pipeline
+
+
+def _cameras_in(db_path) -> int:
+    with sqlite3.connect(db_path) as c:
+        return c.execute("select count(*) from cameras").fetchone()[0]
+
+
+@pytest.mark.parametrize(("mode", "cameras"), [("per_image", 6), ("shared", 1), ("auto", 1)])
+def test_camera_modes(tmp_path, mode, cameras):
+    """One camera: the six views come from one camera (same size, same focal length), which
+    `auto` finds from their per-image focal lengths."""
+    scene = make_scene(n_cams=6, noise=0.2)
+    names = [f"im{i}.png" for i in range(6)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    conf = config.merge(config.DEFAULTS["mapping"], {"camera_mode": mode})
+    result = mapping.main(
+        conf, config.DEFAULTS["runtime"], ds, names, feats, verified_pairs(scene, names), tmp_path
+    )
+    assert set(result.preds) == set(names)
+    assert result.cameras == ("per_image" if mode == "per_image" else "shared")
+    assert _cameras_in(tmp_path / "database.db") == cameras
+    model = pycolmap.Reconstruction(tmp_path / "models" / "0")
+    assert model.num_cameras() == cameras
+    f = scene["K"][0, 0]
+    assert all(abs(c.focal_length / f - 1) < 0.02 for c in model.cameras.values())
+    assert not (tmp_path / "database-shared.db").exists()
+    assert not (tmp_path / "sfm-shared").exists()
+
+
+def test_only_groups_whose_focal_lengths_agree_share_a_camera():
+    class Cam:
+        def __init__(self, f):
+            self.focal_length = f
+
+    class Im:
+        def __init__(self, name, cam):
+            self.name, self.camera_id, self.has_pose = name, cam, True
+
+    class Model:
+        def __init__(self, focals):
+            self.cameras = {i: Cam(f) for i, f in enumerate(focals.values())}
+            self.images = {i: Im(n, i) for i, n in enumerate(focals)}
+
+    keys = {"a1": (640, 480), "a2": (640, 480), "a3": (640, 480), "a4": (640, 480)}
+    keys |= {"b1": (480, 640), "b2": (480, 640), "b3": (480, 640), "b4": (480, 640)}
+    keys |= {"c1": (100, 100), "c2": (100, 100)}  # too few registered to judge
+    model = Model(
+        {"a1": 700, "a2": 705, "a3": 698, "a4": 702}
+        | {"b1": 500, "b2": 650, "b3": 800, "b4": 560}
+        | {"c1": 90, "c2": 90}
+    )
+    groups = mapping.consistent_groups([model], {n: n for n in keys}, keys, 0.03)
+    assert groups == {n: (640, 480) for n in ("a1", "a2", "a3", "a4")}
+    assert mapping.consistent_groups([model], {n: n for n in keys}, keys, 0.3).keys() == {
+        "a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4"
+    }  # fmt: skip
+
+
+def test_camera_keys_tell_exif_cameras_apart(tmp_path):
+    scene = make_scene(n_cams=4)
+    names = [f"im{i}.jpg" for i in range(4)]
+    paths = [tmp_path / n for n in names]
+    w, h = scene["size"]
+    for i, p in enumerate(paths):
+        exif = Image.Exif()
+        if i < 3:
+            exif[271], exif[272] = "Canon", "PowerShot A10"
+            exif.get_ifd(0x8769)[37386] = 5.4 if i < 2 else 12.0
+        Image.new("RGB", (w, h), (90, 90, 90)).save(p, exif=exif)
+    ds, feats = toy_dataset(scene, names, tmp_path, paths)
+    keys = mapping.camera_keys(ds, names, feats)
+    assert keys["im0.jpg"] == keys["im1.jpg"] == (w, h, "Canon", "PowerShot A10", 5.4)
+    assert keys["im2.jpg"] == (w, h, "Canon", "PowerShot A10", 12.0)
+    assert keys["im3.jpg"] == (w, h)
+
+
+def test_mapping_stops_at_its_time_limit(tmp_path):
+    """24 views with all 276 pairs take about 4 s per pass here; with one second, mapping stops
+    early and what it registered by then is kept."""
+    scene = make_scene(n_cams=24, n_points=1200, seed=1)
+    names = [f"im{i:02d}.png" for i in range(24)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    conf = config.DEFAULTS
+    pairs = verified_pairs(scene, names)
+    result = mapping.main(
+        conf["mapping"], conf["runtime"], ds, names, feats, pairs, tmp_path / "o", 1.0
+    )
+    assert result.stopped
+    assert len(result.seconds) == 1  # no second pass after a stop
+    assert 2 <= len(result.preds) < len(names)
+    assert mapping.pipeline_options(conf["mapping"], 1, 0, 7.2).max_runtime_seconds == 8
+    assert mapping.pipeline_options(conf["mapping"], 1, 0, 0.01).max_runtime_seconds == 1
+    assert mapping.pipeline_options(conf["mapping"], 1, 0, None).max_runtime_seconds == -1

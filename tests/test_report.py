@@ -221,6 +221,8 @@ def test_page_content(small_run, page):
     assert "rotation 270° (turned upright)" in text and "rotation 90° (turned upright)" in text
     n_reg = len(summary["clusters"])
     assert f"8 images, {n_reg} registered in" in text
+    cameras = summary["mapping"]["cameras"]
+    assert ("; cameras shared in" if cameras == "shared" else "; one camera per image") in text
     assert "reference: boxes" in text and "reference: outliers" in text
     # the metric's breakdown: overall, the dataset, and one row per reference scene
     assert "clusterness" in text and "cameras within each threshold" in text

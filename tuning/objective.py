@@ -98,7 +98,7 @@ def evaluate_dataset(
         kept = clustering.main(conf["clustering"], prep.names, verified)
         with tempfile.TemporaryDirectory(prefix="imc-trial-", dir=scratch_root) as tmp:
             inputs = (prep.dataset, prep.names, prep.features, kept, Path(tmp))
-            preds = mapping.main(conf["mapping"], conf["runtime"], *inputs)
+            preds = mapping.main(conf["mapping"], conf["runtime"], *inputs).preds
     except Exception as e:  # imc run scores a failed dataset as all outliers; so does a trial
         logger.error("tune: %s failed: %s\n%s", prep.dataset.name, e, traceback.format_exc())
         res.error = f"{type(e).__name__}: {e}"
