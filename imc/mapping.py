@@ -127,19 +127,24 @@ def _set_option(options, key: str, value) -> None:
         setattr(t, key, value)
 
 
+def runtime_limit(max_seconds: float | None) -> int | None:
+    """pycolmap's `max_runtime_seconds` for a limit of `max_seconds`: whole seconds, at least 1
+    (0 would mean no limit); None for no limit (None or inf)."""
+    if max_seconds is None or not math.isfinite(max_seconds):
+        return None
+    return max(1, math.ceil(max_seconds))
+
+
 def pipeline_options(conf: dict, num_threads: int, seed: int, max_seconds: float | None = None):
     """pycolmap pipeline options from the mapping section (every option reachable by name);
-    `max_seconds` limits incremental mapping (whole seconds, at least 1)."""
+    `max_seconds` limits incremental mapping (see runtime_limit)."""
     if conf["mapper"] not in PIPELINES:
         raise ImcError(f"unknown mapper '{conf['mapper']}' (valid: {', '.join(sorted(PIPELINES))})")
-    if conf["camera_mode"] not in CAMERA_MODES:
-        valid = ", ".join(CAMERA_MODES)
-        raise ImcError(f"unknown mapping.camera_mode '{conf['camera_mode']}' (valid: {valid})")
     if conf["mapper"] == "incremental":
         options = pycolmap.IncrementalPipelineOptions()
         options.max_num_models = conf["max_num_models"]
-        if max_seconds is not None and math.isfinite(max_seconds):
-            options.max_runtime_seconds = max(1, math.ceil(max_seconds))
+        if runtime_limit(max_seconds) is not None:
+            options.max_runtime_seconds = runtime_limit(max_seconds)
     else:
         options = pycolmap.GlobalPipelineOptions()
     options.min_model_size = conf["min_model_size"]
@@ -164,7 +169,7 @@ def run_mapper(
 ) -> list[pycolmap.Reconstruction]:
     """Run the configured pipeline into `sfm_dir`; models sorted by registered images, largest
     first. `max_seconds`: see pipeline_options (the global pipeline has no such limit)."""
-    if conf["mapper"] == "global" and max_seconds is not None and math.isfinite(max_seconds):
+    if conf["mapper"] == "global" and runtime_limit(max_seconds) is not None:
         logger.warning("mapping: the global mapper cannot be stopped at the time limit")
     options = pipeline_options(conf, num_threads, seed, max_seconds)
     shutil.rmtree(sfm_dir, ignore_errors=True)
@@ -294,9 +299,12 @@ def main(
     max_seconds: float | None = None,
 ) -> MappingResult:
     """Build the database for `names` (readable images), map (one or two passes, see the module
-    docstring), export. `max_seconds`: the time for all of it (None: no limit)."""
+    docstring), export. `max_seconds`: the time for all of it (None or inf: no limit)."""
+    mode = conf["camera_mode"]
+    if mode not in CAMERA_MODES:
+        raise ImcError(f"unknown mapping.camera_mode '{mode}' (valid: {', '.join(CAMERA_MODES)})")
     start = time.monotonic()
-    end = start + (max_seconds if max_seconds is not None else math.inf)
+    end = start + (math.inf if max_seconds is None else max_seconds)
     out_dir.mkdir(parents=True, exist_ok=True)
     image_dir, db_names = database_names(dataset)
     name_of = {v: k for k, v in db_names.items()}
@@ -315,9 +323,6 @@ def main(
         build_database(out_dir / "database.db", names, db_names, features_path, verified)
         logger.warning("mapping %s: nothing to reconstruct (no verified pair)", dataset.name)
         return result
-    mode = conf["camera_mode"]
-    if mode not in CAMERA_MODES:
-        raise ImcError(f"unknown mapping.camera_mode '{mode}' (valid: {', '.join(CAMERA_MODES)})")
     keys = camera_keys(dataset, names, features_path) if mode != "per_image" else {}
     _discard(out_dir, "-shared")  # of an earlier run in this folder
 
@@ -325,13 +330,13 @@ def main(
         t0 = time.monotonic()
         db_path = out_dir / f"database{suffix}.db"
         build_database(db_path, names, db_names, features_path, verified, shared)
-        limit = end - t0 if math.isfinite(end) else None
         models = run_mapper(
             conf, db_path, image_dir, out_dir / f"sfm{suffix}", runtime["mapping_threads"],
-            runtime["seed"], limit,
+            runtime["seed"], end - t0,
         )  # fmt: skip
         result.seconds.append(time.monotonic() - t0)
-        if limit is not None and result.seconds[-1] >= max(1, math.ceil(limit)):
+        limit = runtime_limit(end - t0)
+        if limit is not None and result.seconds[-1] >= limit:
             result.stopped = True
         return models
 

@@ -222,8 +222,9 @@ def map_within_budget(
     if allowance <= 0:
         plan.note("no time left for mapping: its images are outliers")
         return mapping.MappingResult()
-    limit = allowance if math.isfinite(allowance) else None
-    result = mapping.main(conf["mapping"], conf["runtime"], dataset, names, feats, kept, out, limit)
+    result = mapping.main(
+        conf["mapping"], conf["runtime"], dataset, names, feats, kept, out, allowance
+    )
     if result.stopped:
         plan.note(
             f"mapping stopped at its time limit ({allowance:.0f} s): "

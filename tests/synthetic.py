@@ -8,6 +8,7 @@ import cv2
 import h5py
 import numpy as np
 
+from imc import config, mapping
 from imc.cache import h5_key
 from imc.data import Dataset, ImageInfo
 
@@ -96,3 +97,19 @@ def verified_pairs(scene: dict, names: list[str]) -> dict:
         F, _ = cv2.findFundamentalMat(p0.astype(float), p1.astype(float), cv2.FM_8POINT)
         out[(names[i], names[j])] = {"inliers": true, "F": F, "num_matches": len(m)}
     return out
+
+
+def map_scene(
+    scene: dict,
+    names: list[str],
+    ds: Dataset,
+    feats: Path,
+    out: Path,
+    conf: dict | None = None,
+    max_seconds: float | None = None,
+) -> mapping.MappingResult:
+    """imc.mapping.main on the scene's true matches; `conf`: the whole configuration (default:
+    config.DEFAULTS)."""
+    conf = conf or config.DEFAULTS
+    pairs = verified_pairs(scene, names)
+    return mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, pairs, out, max_seconds)

@@ -8,9 +8,8 @@ import cv2
 import numpy as np
 import pycolmap
 import pytest
-from synthetic import make_scene, toy_dataset, verified_pairs
+from synthetic import make_scene, map_scene, toy_dataset
 
-from imc import config, mapping
 from imc.errors import ImcError
 from imc.export import camera_intrinsics, pose_from_transform, transform_from_pose
 
@@ -74,16 +73,7 @@ def exported(tmp_path_factory):
     for p in paths:
         cv2.imwrite(str(p), np.full((h, w, 3), RGB[::-1], np.uint8))
     ds, feats = toy_dataset(scene, names, tmp, paths)
-    conf = config.DEFAULTS
-    preds = mapping.main(
-        conf["mapping"],
-        conf["runtime"],
-        ds,
-        names,
-        feats,
-        verified_pairs(scene, names),
-        tmp / "out",
-    ).preds
+    preds = map_scene(scene, names, ds, feats, tmp / "out").preds
     assert len(preds) == 6
     return tmp / "out" / "models" / "0", paths
 

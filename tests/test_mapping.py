@@ -4,7 +4,7 @@ import numpy as np
 import pycolmap
 import pytest
 from PIL import Image
-from synthetic import make_scene, toy_dataset, verified_pairs
+from synthetic import make_scene, map_scene, toy_dataset
 
 from imc import config, mapping
 from imc.errors import ImcError
@@ -29,16 +29,7 @@ def test_mapping_recovers_the_synthetic_cameras(tmp_path):
     scene = make_scene(n_cams=6, noise=0.2)
     names = [f"im{i}.png" for i in range(6)]
     ds, feats = toy_dataset(scene, names, tmp_path)
-    conf = config.DEFAULTS
-    preds = mapping.main(
-        conf["mapping"],
-        conf["runtime"],
-        ds,
-        names,
-        feats,
-        verified_pairs(scene, names),
-        tmp_path / "out",
-    ).preds
+    preds = map_scene(scene, names, ds, feats, tmp_path / "out").preds
     assert set(preds) == set(names)
     assert {p.cluster for p in preds.values()} == {"cluster0"}
     est = _centres([(preds[n].R, preds[n].t) for n in names])
@@ -52,19 +43,7 @@ def test_mapping_is_deterministic(tmp_path):
     scene = make_scene(n_cams=5, noise=0.5, seed=3)
     names = [f"im{i}.png" for i in range(5)]
     ds, feats = toy_dataset(scene, names, tmp_path)
-    conf = config.DEFAULTS
-    runs = [
-        mapping.main(
-            conf["mapping"],
-            conf["runtime"],
-            ds,
-            names,
-            feats,
-            verified_pairs(scene, names),
-            tmp_path / f"out{k}",
-        ).preds
-        for k in range(2)
-    ]
+    runs = [map_scene(scene, names, ds, feats, tmp_path / f"out{k}").preds for k in range(2)]
     for n in names:
         assert np.array_equal(runs[0][n].R, runs[1][n].R)
         assert np.array_equal(runs[0][n].t, runs[1][n].t)
@@ -77,6 +56,9 @@ def test_no_pairs_means_no_model(tmp_path):
     conf = config.DEFAULTS
     result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {}, tmp_path / "o")
     assert result.preds == {} and result.seconds == []
+    bad = config.merge(conf["mapping"], {"camera_mode": "single"})
+    with pytest.raises(ImcError, match="camera_mode 'single'.*auto, per_image, shared"):
+        mapping.main(bad, conf["runtime"], ds, names, feats, {}, tmp_path / "o")
 
 
 def test_overlapping_models_give_each_image_one_cluster():
@@ -127,15 +109,7 @@ def test_global_mapper_recovers_the_synthetic_cameras(tmp_path):
     names = [f"im{i}.png" for i in range(6)]
     ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.merge(config.DEFAULTS, {"mapping": {"mapper": "global"}})
-    preds = mapping.main(
-        conf["mapping"],
-        conf["runtime"],
-        ds,
-        names,
-        feats,
-        verified_pairs(scene, names),
-        tmp_path / "g",
-    ).preds
+    preds = map_scene(scene, names, ds, feats, tmp_path / "g", conf).preds
     assert set(preds) == set(names)
     est = _centres([(preds[n].R, preds[n].t) for n in names])
     ref = _centres(scene["poses"])
@@ -167,10 +141,8 @@ def test_camera_modes(tmp_path, mode, cameras):
     scene = make_scene(n_cams=6, noise=0.2)
     names = [f"im{i}.png" for i in range(6)]
     ds, feats = toy_dataset(scene, names, tmp_path)
-    conf = config.merge(config.DEFAULTS["mapping"], {"camera_mode": mode})
-    result = mapping.main(
-        conf, config.DEFAULTS["runtime"], ds, names, feats, verified_pairs(scene, names), tmp_path
-    )
+    conf = config.merge(config.DEFAULTS, {"mapping": {"camera_mode": mode}})
+    result = map_scene(scene, names, ds, feats, tmp_path, conf)
     assert set(result.preds) == set(names)
     assert result.cameras == ("per_image" if mode == "per_image" else "shared")
     assert _cameras_in(tmp_path / "database.db") == cameras
@@ -236,10 +208,7 @@ def test_mapping_stops_at_its_time_limit(tmp_path):
     names = [f"im{i:02d}.png" for i in range(24)]
     ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.DEFAULTS
-    pairs = verified_pairs(scene, names)
-    result = mapping.main(
-        conf["mapping"], conf["runtime"], ds, names, feats, pairs, tmp_path / "o", 1.0
-    )
+    result = map_scene(scene, names, ds, feats, tmp_path / "o", max_seconds=1.0)
     assert result.stopped
     assert len(result.seconds) == 1  # no second pass after a stop
     assert 2 <= len(result.preds) < len(names)

@@ -106,13 +106,13 @@ def test_killed_during_matching_resumes_to_the_same_submission(tmp_path, bench_r
     matches = _datasets(tmp_path / "straight-cache", "matches")
     assert len(matches) == 28  # every pair of the 8 views
     assert _datasets(tmp_path / "resumed-cache", "matches") == matches
-    floats = _float_differences(tmp_path / "resumed-cache", tmp_path / "straight-cache")
     assert list(resumed["image_id"]) == list(straight["image_id"])
     assert list(resumed["scene"]) == list(straight["scene"])
     for col in ("rotation_matrix", "translation_vector"):
         for a, b in zip(resumed[col], straight[col], strict=True):
             assert np.allclose(parse_floats(a), parse_floats(b), rtol=0, atol=1e-6), (
-                f"{col}: {a} != {b}; cache datasets with different floats: {floats}"
+                f"{col}: {a} != {b}; cache datasets with different floats: "
+                f"{_float_differences(tmp_path / 'resumed-cache', tmp_path / 'straight-cache')}"
             )
 
 
