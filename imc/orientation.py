@@ -23,6 +23,7 @@ from tqdm import tqdm
 from .cache import atomic_write_text
 from .images import ImageReadError, read_image
 from .log import logger
+from .verification import fit_fundamental
 
 
 def rotated_features(model, image: np.ndarray, conf: dict, device) -> list[dict]:
@@ -60,10 +61,14 @@ def count_inliers(f0: dict, f1: dict, matches: np.ndarray) -> int:
     """MAGSAC inliers of matches between two upright feature sets."""
     if len(matches) < 8:
         return 0
-    p0 = f0["keypoints_upright"][matches[:, 0]].astype(np.float64)
-    p1 = f1["keypoints_upright"][matches[:, 1]].astype(np.float64)
-    cv2.setRNGSeed(0)
-    _, mask = cv2.findFundamentalMat(p0, p1, cv2.USAC_MAGSAC, 1.0, 0.999, 2000)
+    _, mask = fit_fundamental(
+        f0["keypoints_upright"][matches[:, 0]],
+        f1["keypoints_upright"][matches[:, 1]],
+        cv2.USAC_MAGSAC,
+        1.0,
+        0.999,
+        2000,
+    )
     return 0 if mask is None else int(mask.sum())
 
 

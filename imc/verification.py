@@ -36,16 +36,43 @@ def verify_pair(
     method = conf["method"]
     if method not in METHODS:
         raise ValueError(f"unknown verification method '{method}' (valid: {', '.join(METHODS)})")
-    p0 = kpts0[matches[:, 0]].astype(np.float64)
-    p1 = kpts1[matches[:, 1]].astype(np.float64)
-    cv2.setRNGSeed(0)
-    F, mask = cv2.findFundamentalMat(
-        p0, p1, METHODS[method], threshold, conf["confidence"], conf["max_iters"]
+    F, mask = fit_fundamental(
+        kpts0[matches[:, 0]],
+        kpts1[matches[:, 1]],
+        METHODS[method],
+        threshold,
+        conf["confidence"],
+        conf["max_iters"],
     )
-    if F is None or mask is None or F.shape != (3, 3):
+    if F is None:
         return empty, None
-    inliers = matches[mask.ravel().astype(bool)].astype(np.int32)
-    return inliers, F
+    return matches[mask].astype(np.int32), F
+
+
+def fit_fundamental(
+    p0: np.ndarray, p1: np.ndarray, method: int, threshold: float, confidence: float, max_iters: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """cv2.findFundamentalMat, seeded, with every kind of failure as "no model".
+
+    p0, p1: [M x 2] matched points. Returns F [3 x 3] float64 and the inlier mask [M] bool, or
+    (None, None). OpenCV's USAC raises an assertion error (`!model.empty()`) on some
+    near-degenerate point sets instead of returning no model; that is a failed fit, not a crash.
+    """
+    cv2.setRNGSeed(0)
+    try:
+        F, mask = cv2.findFundamentalMat(
+            np.asarray(p0, np.float64),
+            np.asarray(p1, np.float64),
+            method,
+            threshold,
+            confidence,
+            max_iters,
+        )
+    except cv2.error:
+        return None, None
+    if F is None or mask is None or F.shape != (3, 3):
+        return None, None
+    return F, mask.ravel().astype(bool)
 
 
 def pair_threshold(conf: dict, feature_conf: dict, size0, size1) -> float:

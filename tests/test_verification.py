@@ -1,7 +1,7 @@
 import numpy as np
 from synthetic import make_scene
 
-from imc import config, verification
+from imc import config, orientation, verification
 
 
 def test_magsac_keeps_true_matches_and_rejects_outliers():
@@ -33,3 +33,35 @@ def test_threshold_scales_with_the_resize():
         verification.pair_threshold(conf, {"resize_long_side": 1024}, (3072, 2048), (3072, 2048))
         == 3.0
     )
+
+
+# Twelve matches from a dark, weakly textured image pair (dinoSparseRing, upright frame) on which
+# cv2.findFundamentalMat(USAC_MAGSAC, 1 px) raises "!model.empty()" instead of returning no model.
+DEGENERATE_P0 = [
+    [130.7830047607422, 192.02197265625], [60.81145477294922, 242.35340881347656],
+    [77.87062072753906, 23.85529136657715], [61.87807846069336, 258.27264404296875],
+    [89.62109375, 245.73814392089844], [50.055519104003906, 239.92262268066406],
+    [76.04044342041016, 243.9209442138672], [55.0521354675293, 258.9002380371094],
+    [23.971717834472656, 283.9469299316406], [56.98084259033203, 233.06704711914062],
+    [73.03036499023438, 239.02549743652344], [67.98783874511719, 16.00690269470215],
+]  # fmt: skip
+DEGENERATE_P1 = [
+    [185.1988983154297, 75.9438705444336], [98.20257568359375, 166.3753204345703],
+    [104.9724349975586, 41.99424743652344], [102.00421142578125, 185.9989776611328],
+    [121.71375274658203, 179.12745666503906], [86.00908660888672, 163.01588439941406],
+    [109.74854278564453, 171.65658569335938], [94.99951934814453, 182.99911499023438],
+    [75.6463851928711, 201.04405212402344], [91.99928283691406, 158.99569702148438],
+    [111.15483093261719, 163.42494201660156], [78.00242614746094, 24.00234603881836],
+]  # fmt: skip
+
+
+def test_an_opencv_assertion_on_degenerate_matches_is_no_geometry():
+    k0 = np.array(DEGENERATE_P0, np.float32)
+    k1 = np.array(DEGENERATE_P1, np.float32)
+    m = np.stack([np.arange(12), np.arange(12)], 1)
+    inl, F = verification.verify_pair(k0, k1, m, 1.0, config.DEFAULTS["verification"])
+    assert F is None and inl.shape == (0, 2)
+    orientation_inliers = orientation.count_inliers(
+        {"keypoints_upright": k0}, {"keypoints_upright": k1}, m
+    )
+    assert orientation_inliers == 0
