@@ -40,6 +40,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "resize_long_side": 1024,
         "max_keypoints": 2048,
         "detection_threshold": 0.2,
+        "min_keypoints": 512,  # below this many above the threshold, take the strongest ones
         "nms_radius": 2,
     },
     "matching": {
@@ -69,7 +70,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_model_size": 3,
         "max_num_models": 50,
         "camera_mode": "auto",  # "auto", "per_image" or "shared" (imc.mapping)
-        "focal_tolerance": 0.03,  # auto: share a group's camera when its focal lengths agree
+        "reprojection_tolerance": 0.2,  # auto: keep shared cameras unless the error grows more
+        "global_fallback": 0.8,  # map globally too when a pair-graph group is covered below this
         "options": {},  # any pycolmap IncrementalPipelineOptions / mapper attribute
     },
     "runtime": {

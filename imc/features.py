@@ -113,7 +113,9 @@ def extract_image(
     Returns: keypoints [N x 2] float32 (stored frame, pixel centre at 0), keypoints_upright
     [N x 2] float32 (rotated-resized frame), descriptors [N x D] float32, scores [N] float32,
     image_size (W, H) stored, upright_size (W, H) rotated and resized.
-    The keypoint budget and threshold come from `conf` (max_keypoints, detection_threshold).
+    The keypoint budget and threshold come from `conf` (max_keypoints, detection_threshold); an
+    image with fewer than `conf["min_keypoints"]` above the threshold gets that many strongest
+    local maxima instead (a superset: every maximum above the threshold is among them).
     """
     h, w = image.shape[:2]
     upright, scale = resize_long_side(rotate(image, rotation_k), conf["resize_long_side"])
@@ -121,6 +123,11 @@ def extract_image(
     _set_detection(model, conf)
     with torch.inference_mode():
         feats = model(x)[0]
+        floor = min(conf.get("min_keypoints", 0), conf["max_keypoints"])
+        if len(feats.keypoints) < floor and conf["detection_threshold"] > 0:
+            # A dark or weakly textured image: its `floor` strongest maxima, whatever their score.
+            _set_detection(model, {**conf, "detection_threshold": 0, "max_keypoints": floor})
+            feats = model(x)[0]
     kpts_up = feats.keypoints.float().cpu().numpy().reshape(-1, 2).astype(np.float32)
     descriptors = feats.descriptors.float().cpu().numpy().astype(np.float32)  # [N x D], N >= 0
     kpts = unrotate_points(rescale_points(kpts_up, scale), rotation_k, (w, h))

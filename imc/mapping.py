@@ -7,10 +7,23 @@ Models are written in COLMAP's binary format with a PLY of the points, for COLMA
 Cameras (`camera_mode`): `per_image` gives every image its own SIMPLE_RADIAL camera; `shared`
 gives one camera to the images of the same stored size and EXIF make, model and focal length
 (the size alone when the header has none); `auto` (the default) maps with per-image cameras, then
-shares the cameras of each such group whose per-image focal lengths agree (median relative
-deviation at most `focal_tolerance`) and maps again, keeping the second result unless it
-registers fewer images. One camera per group constrains bundle adjustment where the images
-really come from one camera (templeRing: score 83.1 with per-image cameras, 100.0 shared).
+shares the camera of each such group with at least MIN_GROUP_IMAGES registered images and maps
+again, keeping the second result if it registers more images, or as many with a mean
+reprojection error at most `1 + reprojection_tolerance` times the first's. One camera per
+group constrains bundle adjustment where the images really come from one camera (templeRing:
+score 83.1 with per-image cameras, 100.0 shared); where a group mixes cameras of different focal
+lengths, one shared camera cannot fit them and the reprojection error grows (synthetic: focal
+lengths 768 and 900 px, 0.34 px per image, 0.67 px shared; the same camera: 0.34 either way;
+imc-bench's one-camera datasets: within 3 %). A per-image focal length is a poor witness on its
+own: on a narrow-angle ring (dinoSparseRing, about 11 degrees of field) the per-image estimates
+scatter by 8-12 % although one camera took every image.
+
+Global fallback (`global_fallback`): incremental mapping can leave a well-connected group of
+images in pieces, as on a narrow-angle ring of a weakly textured object (dinoSparseRing: its
+16 images, linked around the ring by pairs of hundreds of inliers, came back as overlapping
+models of 11, 8, 3 and 3). When the best model of some connected group of the pair graph holds
+less than `global_fallback` of its images, the same database is also mapped by the global
+pipeline (pycolmap's defaults), and its result is kept if its best models cover more images.
 
 Time: `max_seconds` stops incremental mapping (pycolmap's `max_runtime_seconds`, checked between
 image registrations, so a bundle adjustment in progress finishes first); the images registered by
@@ -29,6 +42,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pycolmap
+import scipy.sparse
+import scipy.sparse.csgraph
 
 from .cache import h5_key
 from .data import OUTLIERS, Dataset, Prediction
@@ -229,11 +244,13 @@ def database_names(dataset: Dataset) -> tuple[Path, dict[str, str]]:
 
 @dataclass
 class MappingResult:
-    """preds: image name -> Prediction (registered images only). cameras: 'per_image', or
+    """preds: image name -> Prediction (registered images only). mapper: the pipeline whose
+    models were kept ('global' when the global fallback won). cameras: 'per_image', or
     'shared' with the groups that share one (`shared_groups`). stopped: a pass reached its time
     limit. seconds: per pass."""
 
     preds: dict[str, Prediction] = field(default_factory=dict)
+    mapper: str = "incremental"
     cameras: str = "per_image"
     shared_groups: int = 0
     stopped: bool = False
@@ -241,6 +258,7 @@ class MappingResult:
 
     def to_dict(self) -> dict:
         return {
+            "mapper": self.mapper,
             "cameras": self.cameras,
             "shared_groups": self.shared_groups,
             "stopped_at_time_limit": self.stopped,
@@ -257,35 +275,58 @@ def camera_keys(dataset: Dataset, names: list[str], features_path: Path) -> dict
     return {n: sizes[n] + (exif_camera(paths[n]) or ()) for n in names}
 
 
-def consistent_groups(
-    models: list[pycolmap.Reconstruction],
-    name_of: dict[str, str],
-    keys: dict[str, tuple],
-    tolerance: float,
+def shareable_groups(
+    models: list[pycolmap.Reconstruction], name_of: dict[str, str], keys: dict[str, tuple]
 ) -> dict[str, tuple]:
-    """The images (name -> key) of the camera groups whose per-image focal lengths agree: at
-    least MIN_GROUP_IMAGES registered, median |f / median(f) - 1| <= tolerance."""
-    focals: dict[tuple, list[float]] = {}
-    seen: set[str] = set()
-    for model in models:
-        for image in model.images.values():
-            name = name_of[image.name]
-            if image.has_pose and name not in seen:
-                seen.add(name)
-                focal = model.cameras[image.camera_id].focal_length
-                focals.setdefault(keys[name], []).append(focal)
-    agree = set()
-    for key, values in focals.items():
-        f = np.asarray(values)
-        if len(f) >= MIN_GROUP_IMAGES and np.median(np.abs(f / np.median(f) - 1)) <= tolerance:
-            agree.add(key)
-    return {n: k for n, k in keys.items() if k in agree}
+    """The images (name -> key) of the camera groups with at least MIN_GROUP_IMAGES images
+    registered in `models`."""
+    seen = {name_of[im.name] for m in models for im in m.images.values() if im.has_pose}
+    counts: dict[tuple, int] = {}
+    for name in seen:
+        counts[keys[name]] = counts.get(keys[name], 0) + 1
+    return {n: k for n, k in keys.items() if counts.get(k, 0) >= MIN_GROUP_IMAGES}
 
 
-def registered(models: list[pycolmap.Reconstruction], min_model_size: int) -> int:
-    """Images registered in the models that become clusters."""
-    sizes = [m.num_reg_images() for m in models]
-    return sum(n for n in sizes if n >= max(min_model_size, 1))
+def reprojection_error(models: list[pycolmap.Reconstruction]) -> float:
+    """Mean reprojection error (pixels) over the observations of all models."""
+    obs = [m.compute_num_observations() for m in models]
+    if not sum(obs):
+        return math.inf
+    errors = [m.compute_mean_reprojection_error() for m in models]
+    return float(sum(e * n for e, n in zip(errors, obs)) / sum(obs))
+
+
+def pair_groups(
+    names: list[str], verified: dict[tuple[str, str], dict], min_size: int
+) -> list[set[str]]:
+    """The connected groups of images linked by verified pairs, those of at least `min_size`."""
+    index = {n: i for i, n in enumerate(names)}
+    edges = [(index[a], index[b]) for a, b in verified if a in index and b in index]
+    if not edges:
+        return []
+    i, j = np.array(edges).T
+    graph = scipy.sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(len(names),) * 2)
+    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    groups = [{names[k] for k in np.flatnonzero(labels == g)} for g in np.unique(labels)]
+    return [g for g in groups if len(g) >= max(min_size, 2)]
+
+
+def coverage(
+    models: list[pycolmap.Reconstruction], groups: list[set[str]], name_of: dict[str, str]
+) -> list[int]:
+    """For each group, the most of its images that one model registers."""
+    registered_sets = [
+        {name_of[im.name] for im in m.images.values() if im.has_pose} for m in models
+    ]
+    return [max((len(g & r) for r in registered_sets), default=0) for g in groups]
+
+
+def registered(
+    models: list[pycolmap.Reconstruction], name_of: dict[str, str], min_model_size: int
+) -> int:
+    """Images registered in the models that become clusters, each counted once (overlapping
+    models share images)."""
+    return len(assign_clusters(models, name_of, min_model_size))
 
 
 def main(
@@ -334,28 +375,58 @@ def main(
             conf, db_path, image_dir, out_dir / f"sfm{suffix}", runtime["mapping_threads"],
             runtime["seed"], end - t0,
         )  # fmt: skip
-        result.seconds.append(time.monotonic() - t0)
         limit = runtime_limit(end - t0)
-        if limit is not None and result.seconds[-1] >= limit:
+        if limit is not None and time.monotonic() - t0 >= limit:
             result.stopped = True
-        return models
+        mapper = conf["mapper"]
+        if mapper == "incremental" and conf["global_fallback"] > 0 and not result.stopped:
+            models, mapper = global_fallback(models, db_path, out_dir / f"sfm{suffix}", t0)
+        result.seconds.append(time.monotonic() - t0)
+        return models, mapper
 
-    models = one_pass(keys if mode == "shared" else {}, "")
+    def global_fallback(models, db_path: Path, sfm_dir: Path, t0: float):
+        groups = pair_groups(names, verified, conf["min_model_size"])
+        covered = coverage(models, groups, name_of)
+        if all(c >= conf["global_fallback"] * len(g) for c, g in zip(covered, groups)):
+            return models, "incremental"
+        if end - time.monotonic() < time.monotonic() - t0:
+            logger.warning("mapping %s: no time for the global fallback", dataset.name)
+            return models, "incremental"
+        alt_dir = sfm_dir.with_name(sfm_dir.name + "-global")
+        alt = run_mapper(
+            {**conf, "mapper": "global", "options": {}}, db_path, image_dir, alt_dir,
+            runtime["mapping_threads"], runtime["seed"],
+        )  # fmt: skip
+        alt_covered = coverage(alt, groups, name_of)
+        logger.info(
+            "mapping %s: incremental models cover %s of groups of %s images, global ones %s",
+            dataset.name, covered, [len(g) for g in groups], alt_covered,
+        )  # fmt: skip
+        if sum(alt_covered) > sum(covered):
+            shutil.rmtree(sfm_dir, ignore_errors=True)
+            os.replace(alt_dir, sfm_dir)
+            return alt, "global"
+        shutil.rmtree(alt_dir, ignore_errors=True)
+        return models, "incremental"
+
+    models, result.mapper = one_pass(keys if mode == "shared" else {}, "")
     if mode == "shared":
         result.cameras, result.shared_groups = "shared", len(set(keys.values()))
     elif mode == "auto" and not result.stopped:
-        groups = consistent_groups(models, name_of, keys, conf["focal_tolerance"])
+        groups = shareable_groups(models, name_of, keys)
         if groups and end - time.monotonic() < result.seconds[0]:
             logger.warning("mapping %s: no time for a pass with shared cameras", dataset.name)
         elif groups:
-            second = one_pass(groups, "-shared")
-            n1, n2 = (registered(m, conf["min_model_size"]) for m in (models, second))
+            second, second_mapper = one_pass(groups, "-shared")
+            n1, n2 = (registered(m, name_of, conf["min_model_size"]) for m in (models, second))
+            e1, e2 = reprojection_error(models), reprojection_error(second)
             logger.info(
-                "mapping %s: %d images registered with per-image cameras, %d with %d shared",
-                dataset.name, n1, n2, len(set(groups.values())),
+                "mapping %s: per-image cameras %d images registered, %.3f px; "
+                "%d shared %d images, %.3f px",
+                dataset.name, n1, e1, len(set(groups.values())), n2, e2,
             )  # fmt: skip
-            if n2 >= n1:
-                models, result.cameras = second, "shared"
+            if n2 > n1 or (n2 == n1 and e2 <= (1 + conf["reprojection_tolerance"]) * e1):
+                models, result.cameras, result.mapper = second, "shared", second_mapper
                 result.shared_groups = len(set(groups.values()))
                 _keep(out_dir, "-shared")
             else:
@@ -363,9 +434,10 @@ def main(
     export_models(models, out_dir, image_dir)
     result.preds = assign_clusters(models, name_of, conf["min_model_size"])
     logger.info(
-        "mapping %s: %d models, %d of %d images registered, %s cameras%s",
+        "mapping %s: %d %s models, %d of %d images registered, %s cameras%s",
         dataset.name,
         len(models),
+        result.mapper,
         len(result.preds),
         len(dataset.images),
         result.cameras,

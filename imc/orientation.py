@@ -151,6 +151,7 @@ def main(
         **feature_conf,
         "resize_long_side": conf["resize_long_side"],
         "max_keypoints": conf["max_keypoints"],
+        "min_keypoints": 0,
     }
     feats: list[list[dict]] = []
     for name in tqdm(names, desc="orientation features", unit="img", mininterval=2):

@@ -69,6 +69,8 @@ def _cameras_text(summary: dict) -> str:
         text = f"; cameras shared in {m.get('shared_groups', 0)} group(s)"
     else:
         text = "; one camera per image"
+    if m.get("mapper") == "global":
+        text += "; global mapping (incremental mapping left the pair graph in pieces)"
     return text + (" (mapping stopped at its time limit)" if m.get("stopped_at_time_limit") else "")
 
 

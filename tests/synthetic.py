@@ -23,18 +23,22 @@ def look_at(center: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z])
 
 
-def make_scene(n_cams=6, n_points=600, seed=0, w=640, h=480, noise=0.3, outlier_frac=0.1):
+def make_scene(
+    n_cams=6, n_points=600, seed=0, w=640, h=480, noise=0.3, outlier_frac=0.1, focals=None
+):
     """Cameras on an arc around a point cloud; keypoints = noisy projections + outliers.
 
-    Returns dict: K [3x3], poses list of (R, t), keypoints list of [N x 2] (pixel centre 0),
-    matches {(i, j): [M x 2]} between every camera pair (true correspondences + random ones).
+    focals: one focal length per camera (default: 1.2 x the long side for all).
+    Returns dict: K [3x3] (of the first camera), Ks (one per camera), poses list of (R, t),
+    keypoints list of [N x 2] (pixel centre 0), matches {(i, j): [M x 2]} between every camera
+    pair (true correspondences + random ones).
     """
     rng = np.random.default_rng(seed)
     pts = rng.uniform(-1, 1, (n_points, 3)) * [1.5, 1.0, 0.6]
-    f = 1.2 * max(w, h)
-    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]])
+    focals = focals if focals is not None else [1.2 * max(w, h)] * n_cams
+    Ks = [np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1.0]]) for f in focals]
     poses, kpts, vis = [], [], []
-    for i in range(n_cams):
+    for i, K in enumerate(Ks):
         a = np.deg2rad(-40 + 80 * i / max(n_cams - 1, 1))
         c = np.array([5 * np.sin(a), -0.5, -5 * np.cos(a)])
         R = look_at(c, np.zeros(3))
@@ -55,7 +59,9 @@ def make_scene(n_cams=6, n_points=600, seed=0, w=640, h=480, noise=0.3, outlier_
                 [rng.integers(0, n_points, n_out), rng.integers(0, n_points, n_out)], 1
             )
             matches[(i, j)] = np.concatenate([m, wrong]).astype(np.int32)
-    return {"K": K, "poses": poses, "keypoints": kpts, "matches": matches, "size": (w, h)}
+    return {
+        "K": Ks[0], "Ks": Ks, "poses": poses, "keypoints": kpts, "matches": matches, "size": (w, h)
+    }  # fmt: skip
 
 
 def write_features(scene: dict, names: list[str], path: Path) -> Path:

@@ -138,6 +138,27 @@ def test_conf_budget_applies_to_a_shared_model(model, temple):
         features.extract_image(model, temple[1][0], {**CONF, "nms_radius": 3})
 
 
+@needs_weights
+def test_dark_image_gets_its_strongest_keypoints_up_to_the_floor(model, bench_root):
+    """dinoSparseRing: dark and weakly textured, few maxima score above the threshold."""
+    image = read_image(bench_root / "train" / "dinoSparseRing" / "dinoSR0001.png")
+    above = features.extract_image(model, image, CONF)
+    floored = features.extract_image(model, image, {**CONF, "min_keypoints": 400})
+    assert 20 < len(above["keypoints"]) < 400
+    assert len(floored["keypoints"]) == 400
+    assert floored["descriptors"].shape == (400, 128) and floored["scores"].shape == (400,)
+    kept = {tuple(k) for k in floored["keypoints_upright"].tolist()}
+    assert all(tuple(k) in kept for k in above["keypoints_upright"].tolist())
+
+
+@needs_weights
+def test_floor_leaves_an_image_with_enough_keypoints_alone(model, temple, temple_feats):
+    floored = features.extract_image(model, temple[1][0], {**CONF, "min_keypoints": 100})
+    assert len(temple_feats[0]["keypoints"]) > 100
+    for name in features.ARRAYS:
+        np.testing.assert_array_equal(floored[name], temple_feats[0][name])
+
+
 def _dataset(temple, tmp_path) -> Dataset:
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")

@@ -154,33 +154,108 @@ def test_camera_modes(tmp_path, mode, cameras):
     assert not (tmp_path / "sfm-shared").exists()
 
 
-def test_only_groups_whose_focal_lengths_agree_share_a_camera():
-    class Cam:
-        def __init__(self, f):
-            self.focal_length = f
+def test_auto_keeps_one_camera_per_image_when_a_group_mixes_two_cameras(tmp_path, caplog):
+    """Eight views of one size, four at 768 px focal length and four at 900 px: the shared pass
+    registers them all, but one camera cannot fit both focal lengths (its reprojection error
+    about doubles), so `auto` keeps per-image cameras."""
+    scene = make_scene(n_cams=8, focals=[768] * 4 + [900] * 4)
+    names = [f"im{i}.png" for i in range(8)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    with caplog.at_level("INFO", logger="imc"):
+        result = map_scene(scene, names, ds, feats, tmp_path)
+    assert "1 shared 8 images" in caplog.text  # the shared pass ran
+    assert set(result.preds) == set(names) and result.cameras == "per_image"
+    assert len(result.seconds) == 2
+    assert _cameras_in(tmp_path / "database.db") == 8
+    model = pycolmap.Reconstruction(tmp_path / "models" / "0")
+    for image in model.images.values():
+        f = scene["Ks"][names.index(image.name)][0, 0]
+        assert abs(model.cameras[image.camera_id].focal_length / f - 1) < 0.02
 
+
+def test_groups_with_too_few_registered_images_are_not_shared():
     class Im:
-        def __init__(self, name, cam):
-            self.name, self.camera_id, self.has_pose = name, cam, True
+        def __init__(self, name, registered=True):
+            self.name, self.has_pose = name, registered
 
     class Model:
-        def __init__(self, focals):
-            self.cameras = {i: Cam(f) for i, f in enumerate(focals.values())}
-            self.images = {i: Im(n, i) for i, n in enumerate(focals)}
+        def __init__(self, images):
+            self.images = dict(enumerate(images))
 
-    keys = {"a1": (640, 480), "a2": (640, 480), "a3": (640, 480), "a4": (640, 480)}
-    keys |= {"b1": (480, 640), "b2": (480, 640), "b3": (480, 640), "b4": (480, 640)}
-    keys |= {"c1": (100, 100), "c2": (100, 100)}  # too few registered to judge
-    model = Model(
-        {"a1": 700, "a2": 705, "a3": 698, "a4": 702}
-        | {"b1": 500, "b2": 650, "b3": 800, "b4": 560}
-        | {"c1": 90, "c2": 90}
-    )
-    groups = mapping.consistent_groups([model], {n: n for n in keys}, keys, 0.03)
-    assert groups == {n: (640, 480) for n in ("a1", "a2", "a3", "a4")}
-    assert mapping.consistent_groups([model], {n: n for n in keys}, keys, 0.3).keys() == {
-        "a1", "a2", "a3", "a4", "b1", "b2", "b3", "b4"
-    }  # fmt: skip
+    keys = {f"a{i}": (640, 480) for i in range(3)} | {f"b{i}": (480, 640) for i in range(3)}
+    keys |= {"c": (10, 10)}
+    models = [
+        Model([Im("a0"), Im("a1"), Im("b0"), Im("b1")]),
+        Model([Im("a2"), Im("b2", registered=False), Im("c")]),
+    ]
+    groups = mapping.shareable_groups(models, {n: n for n in keys}, keys)
+    assert groups == {n: (640, 480) for n in ("a0", "a1", "a2")}
+
+
+def test_reprojection_error_weighs_models_by_observations(tmp_path):
+    scene = make_scene(n_cams=4, noise=0.2)
+    names = [f"im{i}.png" for i in range(4)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    map_scene(scene, names, ds, feats, tmp_path)
+    model = pycolmap.Reconstruction(tmp_path / "models" / "0")
+    e = model.compute_mean_reprojection_error()
+    assert 0 < e < 1
+    assert mapping.reprojection_error([model, model]) == pytest.approx(e)
+    assert mapping.reprojection_error([]) == float("inf")
+
+
+def test_pair_groups_and_their_coverage():
+    names = ["a", "b", "c", "d", "e", "f", "g"]
+    verified = {("a", "b"): {}, ("b", "c"): {}, ("d", "e"): {}, ("f", "g"): {}, ("x", "a"): {}}
+    groups = mapping.pair_groups(names, verified, 3)
+    assert groups == [{"a", "b", "c"}]
+    assert mapping.pair_groups(names, verified, 2) == [{"a", "b", "c"}, {"d", "e"}, {"f", "g"}]
+    assert mapping.pair_groups(names, {}, 2) == []
+
+    class Im:
+        def __init__(self, name):
+            self.name, self.has_pose = name, True
+
+    class Model:
+        def __init__(self, names):
+            self.images = {i: Im(n) for i, n in enumerate(names)}
+
+    models = [Model(["a", "b", "d"]), Model(["b", "c", "d", "e"])]
+    groups = mapping.pair_groups(names, verified, 2)
+    assert mapping.coverage(models, groups, {n: n for n in names}) == [2, 2, 0]
+
+
+def test_global_fallback_maps_what_incremental_mapping_leaves_unmapped(tmp_path, caplog):
+    """Incremental mapping told to need more inliers than any pair has registers nothing; the
+    fallback maps the scene with the global pipeline (pycolmap's defaults)."""
+    scene = make_scene(n_cams=6, noise=0.2, seed=5)
+    names = [f"im{i}.png" for i in range(6)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    strict = {"options": {"init_min_num_inliers": 100000}, "camera_mode": "per_image"}
+    conf = config.merge(config.DEFAULTS, {"mapping": strict})
+    with caplog.at_level("INFO", logger="imc"):
+        result = map_scene(scene, names, ds, feats, tmp_path / "on", conf)
+    assert "incremental models cover [0] of groups of [6] images, global ones [6]" in caplog.text
+    assert result.mapper == "global" and set(result.preds) == set(names)
+    assert result.to_dict()["mapper"] == "global"
+    est = _centres([(result.preds[n].R, result.preds[n].t) for n in names])
+    ref = _centres(scene["poses"])
+    assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
+    assert (tmp_path / "on" / "sfm" / "0").is_dir()
+    assert not (tmp_path / "on" / "sfm-global").exists()
+    off = config.merge(conf, {"mapping": {"global_fallback": 0}})
+    result = map_scene(scene, names, ds, feats, tmp_path / "off", off)
+    assert result.mapper == "incremental" and result.preds == {}
+
+
+def test_global_fallback_is_not_tried_when_incremental_mapping_covers_the_scene(tmp_path, caplog):
+    scene = make_scene(n_cams=6, noise=0.2)
+    names = [f"im{i}.png" for i in range(6)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    with caplog.at_level("INFO", logger="imc"):
+        result = map_scene(scene, names, ds, feats, tmp_path)
+    assert result.mapper == "incremental" and set(result.preds) == set(names)
+    assert "global ones" not in caplog.text
 
 
 def test_camera_keys_tell_exif_cameras_apart(tmp_path):

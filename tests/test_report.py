@@ -456,3 +456,13 @@ def test_report_in_a_browser(page, tmp_path):
         assert im.size == (1400, 3000)
         # not a blank page: the thumbnails and plots give many distinct colours
         assert len(im.convert("RGB").getcolors(1 << 24)) > 1000
+
+
+def test_mapping_record_in_words():
+    shared = {"mapper": "incremental", "cameras": "shared", "shared_groups": 2}
+    assert report._cameras_text({"mapping": shared}) == "; cameras shared in 2 group(s)"
+    fallback = {"mapper": "global", "cameras": "per_image", "stopped_at_time_limit": False}
+    assert report._cameras_text({"mapping": fallback}) == (
+        "; one camera per image; global mapping (incremental mapping left the pair graph in pieces)"
+    )
+    assert report._cameras_text({}) == ""
