@@ -5,7 +5,8 @@
 For each dataset the features and verified pairs of the bench run's imc side (its summary.json
 names them) go through clustering and mapping once per mode, with the bench run's resolved
 configuration otherwise; prints a markdown table of IMC2025 score and mAA per dataset and mode.
-Only mapping differs between the columns, so the table isolates the effect of shared cameras.
+Only mapping differs between the columns, so the table isolates the effect of shared cameras;
+"global" marks a result of the global fallback (imc.mapping).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def main() -> None:
                 )
             preds = {(ds.name, n): p for n, p in result.preds.items()}
             d = scoring.score(comp, submission_frame(comp, preds)).datasets[0]
-            chosen = f" ({result.cameras})" if mode == "auto" else ""
+            notes = [result.cameras] if mode == "auto" else []
+            notes += ["global"] if result.mapper == "global" else []
+            chosen = f" ({', '.join(notes)})" if notes else ""
             row += [f"{d.score:.1f}{chosen}", f"{d.mAA:.1f}", f"{time.perf_counter() - t0:.0f}"]
             print(run.name, mode, row[-3:], flush=True)
         rows.append(row)
