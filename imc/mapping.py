@@ -42,10 +42,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pycolmap
-import scipy.sparse
 import scipy.sparse.csgraph
 
 from .cache import h5_key
+from .clustering import weight_matrix
 from .data import OUTLIERS, Dataset, Prediction
 from .errors import ImcError
 from .images import exif_camera
@@ -53,7 +53,7 @@ from .log import logger
 
 PIPELINES = {"incremental", "global"}
 CAMERA_MODES = ("auto", "per_image", "shared")
-MIN_GROUP_IMAGES = 3  # registered images a group needs before its focal lengths are trusted
+MIN_GROUP_IMAGES = 3  # registered images a camera group needs before `auto` tries sharing
 
 
 def focal_prior(width: int, height: int) -> float:
@@ -280,7 +280,7 @@ def shareable_groups(
 ) -> dict[str, tuple]:
     """The images (name -> key) of the camera groups with at least MIN_GROUP_IMAGES images
     registered in `models`."""
-    seen = {name_of[im.name] for m in models for im in m.images.values() if im.has_pose}
+    seen = set().union(*(registered_names(m, name_of) for m in models))
     counts: dict[tuple, int] = {}
     for name in seen:
         counts[keys[name]] = counts.get(keys[name], 0) + 1
@@ -300,13 +300,10 @@ def pair_groups(
     names: list[str], verified: dict[tuple[str, str], dict], min_size: int
 ) -> list[set[str]]:
     """The connected groups of images linked by verified pairs, those of at least `min_size`."""
-    index = {n: i for i, n in enumerate(names)}
-    edges = [(index[a], index[b]) for a, b in verified if a in index and b in index]
-    if not edges:
+    linked = weight_matrix(names, verified) > 0
+    if not linked.any():
         return []
-    i, j = np.array(edges).T
-    graph = scipy.sparse.coo_matrix((np.ones(len(i)), (i, j)), shape=(len(names),) * 2)
-    _, labels = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    _, labels = scipy.sparse.csgraph.connected_components(linked, directed=False)
     groups = [{names[k] for k in np.flatnonzero(labels == g)} for g in np.unique(labels)]
     return [g for g in groups if len(g) >= max(min_size, 2)]
 
@@ -315,10 +312,13 @@ def coverage(
     models: list[pycolmap.Reconstruction], groups: list[set[str]], name_of: dict[str, str]
 ) -> list[int]:
     """For each group, the most of its images that one model registers."""
-    registered_sets = [
-        {name_of[im.name] for im in m.images.values() if im.has_pose} for m in models
-    ]
+    registered_sets = [registered_names(m, name_of) for m in models]
     return [max((len(g & r) for r in registered_sets), default=0) for g in groups]
+
+
+def registered_names(model: pycolmap.Reconstruction, name_of: dict[str, str]) -> set[str]:
+    """The dataset names of the images `model` registers."""
+    return {name_of[im.name] for im in model.images.values() if im.has_pose}
 
 
 def registered(
@@ -367,7 +367,11 @@ def main(
     keys = camera_keys(dataset, names, features_path) if mode != "per_image" else {}
     _discard(out_dir, "-shared")  # of an earlier run in this folder
 
-    def one_pass(shared: dict[str, tuple], suffix: str) -> list[pycolmap.Reconstruction]:
+    linked_groups = pair_groups(names, verified, conf["min_model_size"])
+
+    def one_pass(
+        shared: dict[str, tuple], suffix: str
+    ) -> tuple[list[pycolmap.Reconstruction], str]:
         t0 = time.monotonic()
         db_path = out_dir / f"database{suffix}.db"
         build_database(db_path, names, db_names, features_path, verified, shared)
@@ -385,9 +389,8 @@ def main(
         return models, mapper
 
     def global_fallback(models, db_path: Path, sfm_dir: Path, t0: float):
-        groups = pair_groups(names, verified, conf["min_model_size"])
-        covered = coverage(models, groups, name_of)
-        if all(c >= conf["global_fallback"] * len(g) for c, g in zip(covered, groups)):
+        covered = coverage(models, linked_groups, name_of)
+        if all(c >= conf["global_fallback"] * len(g) for c, g in zip(covered, linked_groups)):
             return models, "incremental"
         if end - time.monotonic() < time.monotonic() - t0:
             logger.warning("mapping %s: no time for the global fallback", dataset.name)
@@ -397,10 +400,10 @@ def main(
             {**conf, "mapper": "global", "options": {}}, db_path, image_dir, alt_dir,
             runtime["mapping_threads"], runtime["seed"],
         )  # fmt: skip
-        alt_covered = coverage(alt, groups, name_of)
+        alt_covered = coverage(alt, linked_groups, name_of)
         logger.info(
             "mapping %s: incremental models cover %s of groups of %s images, global ones %s",
-            dataset.name, covered, [len(g) for g in groups], alt_covered,
+            dataset.name, covered, [len(g) for g in linked_groups], alt_covered,
         )  # fmt: skip
         if sum(alt_covered) > sum(covered):
             shutil.rmtree(sfm_dir, ignore_errors=True)

@@ -206,7 +206,8 @@ def test_reprojection_error_weighs_models_by_observations(tmp_path):
 
 def test_pair_groups_and_their_coverage():
     names = ["a", "b", "c", "d", "e", "f", "g"]
-    verified = {("a", "b"): {}, ("b", "c"): {}, ("d", "e"): {}, ("f", "g"): {}, ("x", "a"): {}}
+    pairs = [("a", "b"), ("b", "c"), ("d", "e"), ("f", "g"), ("x", "a")]
+    verified = {p: {"inliers": np.zeros((20, 2), np.int32)} for p in pairs}
     groups = mapping.pair_groups(names, verified, 3)
     assert groups == [{"a", "b", "c"}]
     assert mapping.pair_groups(names, verified, 2) == [{"a", "b", "c"}, {"d", "e"}, {"f", "g"}]
