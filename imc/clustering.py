@@ -29,6 +29,13 @@ def weight_matrix(names: list[str], verified: dict[tuple[str, str], dict]) -> np
     return w
 
 
+def relative_strength(w: np.ndarray) -> np.ndarray:
+    """[N x N] each pair's weight / the strongest pair of the weaker of its two images (so each
+    image's strongest pair scores at least 1)."""
+    best = w.max(1, initial=0.0)
+    return w / np.maximum(np.minimum(best[:, None], best[None, :]), 1e-12)
+
+
 def best_sweep_cut(w: np.ndarray) -> tuple[np.ndarray, float]:
     """The sweep cut of the Fiedler vector of the normalised Laplacian with least conductance.
 

@@ -25,6 +25,14 @@ models of 11, 8, 3 and 3). When the best model of some connected group of the pa
 less than `global_fallback` of its images, the same database is also mapped by the global
 pipeline (pycolmap's defaults), and its result is kept if its best models cover more images.
 
+The global pipeline trusts each pair's relative pose, and a few false pairs bend its whole model,
+where incremental mapping, checking every registration against the 3D points, sets them aside.
+So it is given only the pairs with at least `global_min_relative_inliers` x the inliers of the
+strongest pair of the weaker of their two images (each image keeps its strongest pair).
+dinoSparseRing's false pairs across the ring have 15-21 inliers, its neighbours 40-270:
+filtered, its score goes from 37.5 to 53.5 (BENCHMARKS.md); synthetic: four far pairs of 20
+random correspondences move the cameras by 0.5-1.4 x the scene's size, filtered 0.002-0.005.
+
 Time: `max_seconds` stops incremental mapping (pycolmap's `max_runtime_seconds`, checked between
 image registrations, so a bundle adjustment in progress finishes first); the images registered by
 then keep their poses, the rest are outliers.
@@ -45,7 +53,7 @@ import pycolmap
 import scipy.sparse.csgraph
 
 from .cache import h5_key
-from .clustering import weight_matrix
+from .clustering import relative_strength, weight_matrix
 from .data import OUTLIERS, Dataset, Prediction
 from .errors import ImcError
 from .images import exif_camera
@@ -316,6 +324,20 @@ def coverage(
     return [max((len(g & r) for r in registered_sets), default=0) for g in groups]
 
 
+def global_pairs(
+    names: list[str], verified: dict[tuple[str, str], dict], min_relative: float
+) -> dict[tuple[str, str], dict]:
+    """The pairs given to the global pipeline: those with at least `min_relative` x the inliers
+    of the strongest pair of the weaker of their two images (each image keeps its strongest)."""
+    index = {n: i for i, n in enumerate(names)}
+    strength = relative_strength(weight_matrix(names, verified))
+    return {
+        (a, b): v
+        for (a, b), v in verified.items()
+        if a in index and b in index and strength[index[a], index[b]] >= min_relative
+    }
+
+
 def registered_names(model: pycolmap.Reconstruction, name_of: dict[str, str]) -> set[str]:
     """The dataset names of the images `model` registers."""
     return {name_of[im.name] for im in model.images.values() if im.has_pose}
@@ -368,13 +390,15 @@ def main(
     _discard(out_dir, "-shared")  # of an earlier run in this folder
 
     linked_groups = pair_groups(names, verified, conf["min_model_size"])
+    for_global = global_pairs(names, verified, conf["global_min_relative_inliers"])
 
     def one_pass(
         shared: dict[str, tuple], suffix: str
     ) -> tuple[list[pycolmap.Reconstruction], str]:
         t0 = time.monotonic()
         db_path = out_dir / f"database{suffix}.db"
-        build_database(db_path, names, db_names, features_path, verified, shared)
+        pairs = verified if conf["mapper"] == "incremental" else for_global
+        build_database(db_path, names, db_names, features_path, pairs, shared)
         models = run_mapper(
             conf, db_path, image_dir, out_dir / f"sfm{suffix}", runtime["mapping_threads"],
             runtime["seed"], end - t0,
@@ -384,11 +408,11 @@ def main(
             result.stopped = True
         mapper = conf["mapper"]
         if mapper == "incremental" and conf["global_fallback"] > 0 and not result.stopped:
-            models, mapper = global_fallback(models, db_path, out_dir / f"sfm{suffix}", t0)
+            models, mapper = global_fallback(models, shared, out_dir / f"sfm{suffix}", t0)
         result.seconds.append(time.monotonic() - t0)
         return models, mapper
 
-    def global_fallback(models, db_path: Path, sfm_dir: Path, t0: float):
+    def global_fallback(models, shared: dict[str, tuple], sfm_dir: Path, t0: float):
         covered = coverage(models, linked_groups, name_of)
         if all(c >= conf["global_fallback"] * len(g) for c, g in zip(covered, linked_groups)):
             return models, "incremental"
@@ -396,10 +420,13 @@ def main(
             logger.warning("mapping %s: no time for the global fallback", dataset.name)
             return models, "incremental"
         alt_dir = sfm_dir.with_name(sfm_dir.name + "-global")
+        db_path = alt_dir.with_name(alt_dir.name + ".db")
+        build_database(db_path, names, db_names, features_path, for_global, shared)
         alt = run_mapper(
             {**conf, "mapper": "global", "options": {}}, db_path, image_dir, alt_dir,
             runtime["mapping_threads"], runtime["seed"],
         )  # fmt: skip
+        os.replace(db_path, alt_dir / "database.db")
         alt_covered = coverage(alt, linked_groups, name_of)
         logger.info(
             "mapping %s: incremental models cover %s of groups of %s images, global ones %s",

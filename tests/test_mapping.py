@@ -1,10 +1,11 @@
 import sqlite3
 
+import cv2
 import numpy as np
 import pycolmap
 import pytest
 from PIL import Image
-from synthetic import make_scene, map_scene, toy_dataset
+from synthetic import make_scene, map_scene, toy_dataset, verified_pairs
 
 from imc import config, mapping
 from imc.errors import ImcError
@@ -243,6 +244,7 @@ def test_global_fallback_maps_what_incremental_mapping_leaves_unmapped(tmp_path,
     ref = _centres(scene["poses"])
     assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
     assert (tmp_path / "on" / "sfm" / "0").is_dir()
+    assert (tmp_path / "on" / "sfm" / "database.db").is_file()  # the global pipeline's pairs
     assert not (tmp_path / "on" / "sfm-global").exists()
     off = config.merge(conf, {"mapping": {"global_fallback": 0}})
     result = map_scene(scene, names, ds, feats, tmp_path / "off", off)
@@ -257,6 +259,53 @@ def test_global_fallback_is_not_tried_when_incremental_mapping_covers_the_scene(
         result = map_scene(scene, names, ds, feats, tmp_path)
     assert result.mapper == "incremental" and set(result.preds) == set(names)
     assert "global ones" not in caplog.text
+
+
+def test_global_pairs_keep_each_images_strongest_pair():
+    names = ["a", "b", "c", "d"]
+    pairs = {("a", "b"): 400, ("b", "c"): 300, ("a", "c"): 60, ("c", "d"): 40, ("a", "d"): 9}
+    verified = {p: {"inliers": np.zeros((n, 2), int)} for p, n in pairs.items()}
+    kept = mapping.global_pairs(names, verified, 0.25)
+    # a-c: 60 < 0.25 x 300 (c's strongest); a-d: 9 < 0.25 x 40 (d's strongest, its only other
+    # pair, weak as it is, is kept)
+    assert set(kept) == {("a", "b"), ("b", "c"), ("c", "d")}
+    assert mapping.global_pairs(names, verified, 0.0) == verified
+
+
+def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path):
+    """Neighbours on an arc share hundreds of inliers; four far pairs of 20 random
+    correspondences (with their 8-point F, as a repetitive texture gives) pull the global
+    pipeline's model apart unless the relatively weak pairs are dropped first."""
+    n = 8
+    scene = make_scene(n_cams=n, noise=0.3)
+    names = [f"im{i}.png" for i in range(n)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    pairs = {
+        p: v
+        for p, v in verified_pairs(scene, names).items()
+        if names.index(p[1]) - names.index(p[0]) == 1
+    }
+    rng = np.random.default_rng(0)
+    for i, j in [(0, 4), (1, 6), (2, 7), (3, 7)]:
+        m = np.stack([rng.choice(600, 20, replace=False), rng.choice(600, 20, replace=False)], 1)
+        p0, p1 = scene["keypoints"][i][m[:, 0]], scene["keypoints"][j][m[:, 1]]
+        F, _ = cv2.findFundamentalMat(p0.astype(float), p1.astype(float), cv2.FM_8POINT)
+        pairs[(names[i], names[j])] = {"inliers": m, "F": F, "num_matches": 20}
+    ref = _centres(scene["poses"])
+    spread = np.linalg.norm(ref - ref.mean(0), axis=1).mean()
+    errors = {}
+    for rel in (0.0, 0.25):
+        over = {"mapper": "global", "camera_mode": "per_image", "global_min_relative_inliers": rel}
+        conf = config.merge(config.DEFAULTS, {"mapping": over})
+        out = tmp_path / f"rel{rel}"
+        result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, pairs, out)
+        assert set(result.preds) == set(names)
+        est = _centres([(result.preds[k].R, result.preds[k].t) for k in names])
+        errors[rel] = _align_error(est, ref) / spread
+        with sqlite3.connect(out / "database.db") as db:
+            stored = db.execute("select count(*) from two_view_geometries").fetchone()[0]
+        assert stored == (n - 1 if rel else n - 1 + 4)
+    assert errors[0.0] > 0.1 and errors[0.25] < 0.02, errors
 
 
 def test_camera_keys_tell_exif_cameras_apart(tmp_path):
