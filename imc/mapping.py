@@ -254,13 +254,15 @@ def database_names(dataset: Dataset) -> tuple[Path, dict[str, str]]:
 class MappingResult:
     """preds: image name -> Prediction (registered images only). mapper: the pipeline whose
     models were kept ('global' when the global fallback won). cameras: 'per_image', or
-    'shared' with the groups that share one (`shared_groups`). stopped: a pass reached its time
-    limit. seconds: per pass."""
+    'shared' with the groups that share one (`shared_groups`). global_pairs: the pairs given to
+    the global pipeline (0 if it did not run). stopped: a pass reached its time limit. seconds:
+    per pass."""
 
     preds: dict[str, Prediction] = field(default_factory=dict)
     mapper: str = "incremental"
     cameras: str = "per_image"
     shared_groups: int = 0
+    global_pairs: int = 0
     stopped: bool = False
     seconds: list[float] = field(default_factory=list)
 
@@ -269,6 +271,7 @@ class MappingResult:
             "mapper": self.mapper,
             "cameras": self.cameras,
             "shared_groups": self.shared_groups,
+            "global_pairs": self.global_pairs,
             "stopped_at_time_limit": self.stopped,
             "seconds": [round(t, 1) for t in self.seconds],
         }
@@ -398,6 +401,8 @@ def main(
         t0 = time.monotonic()
         db_path = out_dir / f"database{suffix}.db"
         pairs = verified if conf["mapper"] == "incremental" else for_global
+        if conf["mapper"] == "global":
+            result.global_pairs = len(for_global)
         build_database(db_path, names, db_names, features_path, pairs, shared)
         models = run_mapper(
             conf, db_path, image_dir, out_dir / f"sfm{suffix}", runtime["mapping_threads"],
@@ -422,6 +427,7 @@ def main(
         alt_dir = sfm_dir.with_name(sfm_dir.name + "-global")
         db_path = alt_dir.with_name(alt_dir.name + ".db")
         build_database(db_path, names, db_names, features_path, for_global, shared)
+        result.global_pairs = len(for_global)
         alt = run_mapper(
             {**conf, "mapper": "global", "options": {}}, db_path, image_dir, alt_dir,
             runtime["mapping_threads"], runtime["seed"],

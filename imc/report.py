@@ -70,7 +70,8 @@ def _cameras_text(summary: dict) -> str:
     else:
         text = "; one camera per image"
     if m.get("mapper") == "global":
-        text += "; global mapping (incremental mapping left the pair graph in pieces)"
+        pairs = f" on {m['global_pairs']} pairs" if m.get("global_pairs") else ""
+        text += f"; global mapping{pairs} (incremental mapping left the pair graph in pieces)"
     return text + (" (mapping stopped at its time limit)" if m.get("stopped_at_time_limit") else "")
 
 

@@ -240,6 +240,7 @@ def test_global_fallback_maps_what_incremental_mapping_leaves_unmapped(tmp_path,
     assert "incremental models cover [0] of groups of [6] images, global ones [6]" in caplog.text
     assert result.mapper == "global" and set(result.preds) == set(names)
     assert result.to_dict()["mapper"] == "global"
+    assert result.to_dict()["global_pairs"] == 15  # every pair of 6 cameras: all strong
     est = _centres([(result.preds[n].R, result.preds[n].t) for n in names])
     ref = _centres(scene["poses"])
     assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
@@ -304,7 +305,7 @@ def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path):
         errors[rel] = _align_error(est, ref) / spread
         with sqlite3.connect(out / "database.db") as db:
             stored = db.execute("select count(*) from two_view_geometries").fetchone()[0]
-        assert stored == (n - 1 if rel else n - 1 + 4)
+        assert stored == result.global_pairs == (n - 1 if rel else n - 1 + 4)
     assert errors[0.0] > 0.1 and errors[0.25] < 0.02, errors
 
 

@@ -465,4 +465,8 @@ def test_mapping_record_in_words():
     assert report._cameras_text({"mapping": fallback}) == (
         "; one camera per image; global mapping (incremental mapping left the pair graph in pieces)"
     )
+    fallback["global_pairs"] = 41
+    assert report._cameras_text({"mapping": fallback}).endswith(
+        "; global mapping on 41 pairs (incremental mapping left the pair graph in pieces)"
+    )
     assert report._cameras_text({}) == ""
