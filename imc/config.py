@@ -72,8 +72,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "camera_mode": "auto",  # "auto", "per_image" or "shared" (imc.mapping)
         "reprojection_tolerance": 0.2,  # auto: keep shared cameras unless the error grows more
         "global_fallback": 0.8,  # map globally too when a pair-graph group is covered below this
-        "global_min_relative_inliers": 0.25,  # global pipeline: drop pairs below this x the
-        # strongest pair of the weaker of their two images
+        # global pipeline: drop pairs below each level x the strongest pair of the weaker of
+        # their two images, map each, keep the models that agree with most verified inliers
+        "global_min_relative_inliers": [0.2, 0.3, 0.4, 0.5, 0.6],
         "options": {},  # any pycolmap IncrementalPipelineOptions / mapper attribute
     },
     "runtime": {

@@ -27,11 +27,14 @@ pipeline (pycolmap's defaults), and its result is kept if its best models cover 
 
 The global pipeline trusts each pair's relative pose, and a few false pairs bend its whole model,
 where incremental mapping, checking every registration against the 3D points, sets them aside.
-So it is given only the pairs with at least `global_min_relative_inliers` x the inliers of the
-strongest pair of the weaker of their two images (each image keeps its strongest pair).
-dinoSparseRing's false pairs across the ring have 15-21 inliers, its neighbours 40-270:
-filtered, its score goes from 37.5 to 53.5 (BENCHMARKS.md); synthetic: four far pairs of 20
-random correspondences move the cameras by 0.5-1.4 x the scene's size, filtered 0.002-0.005.
+So it is given, for each level of `global_min_relative_inliers` in turn, only the pairs with at
+least that fraction of the inliers of the strongest pair of the weaker of their two images (each
+image keeps its strongest pair), and the models kept are those that agree with the most verified
+inliers (`model_support`: the matches of every verified pair, the dropped ones included, within
+SUPPORT_MAX_ERROR px of the epipolar geometry of the two posed cameras). Which pairs a sparse
+ring keeps decides whether its arcs join at the right angle, in a way no single level predicts;
+a model joined wrongly contradicts the pairs at the joint, and the count of agreeing inliers
+shows it (dinoSparseRing: BENCHMARKS.md).
 
 Time: `max_seconds` stops incremental mapping (pycolmap's `max_runtime_seconds`, checked between
 image registrations, so a bundle adjustment in progress finishes first); the images registered by
@@ -62,6 +65,7 @@ from .log import logger
 PIPELINES = {"incremental", "global"}
 CAMERA_MODES = ("auto", "per_image", "shared")
 MIN_GROUP_IMAGES = 3  # registered images a camera group needs before `auto` tries sharing
+SUPPORT_MAX_ERROR = 4.0  # px: a verified match agrees with a model's poses (model_support)
 
 
 def focal_prior(width: int, height: int) -> float:
@@ -341,6 +345,41 @@ def global_pairs(
     }
 
 
+def model_support(
+    models: list[pycolmap.Reconstruction],
+    verified: dict[tuple[str, str], dict],
+    features_path: Path,
+    name_of: dict[str, str],
+    max_error: float = SUPPORT_MAX_ERROR,
+) -> int:
+    """The verified inliers that the models' poses agree with: for each pair registered in one
+    model, the matches whose Sampson distance to the epipolar geometry of the two posed cameras
+    is below `max_error` pixels (of the first camera's focal length)."""
+    total = 0
+    with h5py.File(features_path, "r") as ff:
+        for model in models:
+            posed = {name_of[im.name]: im for im in model.images.values() if im.has_pose}
+            for (a, b), v in verified.items():
+                if a not in posed or b not in posed or not len(v["inliers"]):
+                    continue
+                ia, ib = posed[a], posed[b]
+                ca, cb = model.cameras[ia.camera_id], model.cameras[ib.camera_id]
+                kpa = ff[h5_key(a)]["keypoints"][()].astype(float) + 0.5  # COLMAP's centre
+                kpb = ff[h5_key(b)]["keypoints"][()].astype(float) + 0.5
+                xa = ca.cam_from_img(kpa[v["inliers"][:, 0]])
+                xb = cb.cam_from_img(kpb[v["inliers"][:, 1]])
+                xa, xb = np.c_[xa, np.ones(len(xa))], np.c_[xb, np.ones(len(xb))]
+                ta, tb = ia.cam_from_world().matrix(), ib.cam_from_world().matrix()
+                rot = tb[:, :3] @ ta[:, :3].T
+                tx, ty, tz = tb[:, 3] - rot @ ta[:, 3]
+                essential = np.array([[0, -tz, ty], [tz, 0, -tx], [-ty, tx, 0]]) @ rot
+                ex, etx = xa @ essential.T, xb @ essential
+                den = np.sqrt(ex[:, 0] ** 2 + ex[:, 1] ** 2 + etx[:, 0] ** 2 + etx[:, 1] ** 2)
+                err = np.abs((xb * ex).sum(1)) / np.maximum(den, 1e-12) * ca.mean_focal_length()
+                total += int((err < max_error).sum())
+    return total
+
+
 def registered_names(model: pycolmap.Reconstruction, name_of: dict[str, str]) -> set[str]:
     """The dataset names of the images `model` registers."""
     return {name_of[im.name] for im in model.images.values() if im.has_pose}
@@ -393,21 +432,24 @@ def main(
     _discard(out_dir, "-shared")  # of an earlier run in this folder
 
     linked_groups = pair_groups(names, verified, conf["min_model_size"])
-    for_global = global_pairs(names, verified, conf["global_min_relative_inliers"])
+    levels = conf["global_min_relative_inliers"]
+    levels = list(levels) if isinstance(levels, (list, tuple)) else [levels]
+    if not levels:
+        raise ImcError("mapping.global_min_relative_inliers needs at least one value")
 
     def one_pass(
         shared: dict[str, tuple], suffix: str
     ) -> tuple[list[pycolmap.Reconstruction], str]:
         t0 = time.monotonic()
         db_path = out_dir / f"database{suffix}.db"
-        pairs = verified if conf["mapper"] == "incremental" else for_global
+        build_database(db_path, names, db_names, features_path, verified, shared)
         if conf["mapper"] == "global":
-            result.global_pairs = len(for_global)
-        build_database(db_path, names, db_names, features_path, pairs, shared)
-        models = run_mapper(
-            conf, db_path, image_dir, out_dir / f"sfm{suffix}", runtime["mapping_threads"],
-            runtime["seed"], end - t0,
-        )  # fmt: skip
+            models = map_global(shared, out_dir / f"sfm{suffix}")
+        else:
+            models = run_mapper(
+                conf, db_path, image_dir, out_dir / f"sfm{suffix}", runtime["mapping_threads"],
+                runtime["seed"], end - t0,
+            )  # fmt: skip
         limit = runtime_limit(end - t0)
         if limit is not None and time.monotonic() - t0 >= limit:
             result.stopped = True
@@ -417,6 +459,46 @@ def main(
         result.seconds.append(time.monotonic() - t0)
         return models, mapper
 
+    def map_global(shared: dict[str, tuple], sfm_dir: Path) -> list[pycolmap.Reconstruction]:
+        """The global pipeline on the pairs of each level; the models that agree with the most
+        verified inliers go to `sfm_dir` (with their database)."""
+        best, best_support, supports, kept, took = [], -1, [], [], 0.0
+        global_conf = {**conf, "mapper": "global"}
+        if conf["mapper"] != "global":
+            global_conf["options"] = {}  # the options are the incremental pipeline's
+        for k, level in enumerate(levels):
+            started = time.monotonic()
+            if k and end - started < took:
+                logger.warning("mapping %s: no time for more global levels", dataset.name)
+                break
+            pairs = global_pairs(names, verified, level)
+            if kept and len(pairs) == kept[-1]:  # nested sets: the same pairs as the last level
+                continue
+            run_dir = sfm_dir.with_name(f"{sfm_dir.name}-global{k}")
+            db_path = run_dir.with_name(run_dir.name + ".db")
+            build_database(db_path, names, db_names, features_path, pairs, shared)
+            models = run_mapper(
+                global_conf, db_path, image_dir, run_dir, runtime["mapping_threads"],
+                runtime["seed"],
+            )  # fmt: skip
+            os.replace(db_path, run_dir / "database.db")
+            support = model_support(models, verified, features_path, name_of)
+            took = time.monotonic() - started
+            supports.append(support)
+            kept.append(len(pairs))
+            if support > best_support:
+                shutil.rmtree(sfm_dir, ignore_errors=True)
+                os.replace(run_dir, sfm_dir)
+                best, best_support, result.global_pairs = models, support, len(pairs)
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+        logger.info(
+            "mapping %s: global pipeline on %s of %d pairs (min_relative_inliers %s, repeated "
+            "pair sets skipped): %s verified inliers agree with its models; kept %d pairs",
+            dataset.name, kept, len(verified), levels, supports, result.global_pairs,
+        )  # fmt: skip
+        return best
+
     def global_fallback(models, shared: dict[str, tuple], sfm_dir: Path, t0: float):
         covered = coverage(models, linked_groups, name_of)
         if all(c >= conf["global_fallback"] * len(g) for c, g in zip(covered, linked_groups)):
@@ -425,14 +507,7 @@ def main(
             logger.warning("mapping %s: no time for the global fallback", dataset.name)
             return models, "incremental"
         alt_dir = sfm_dir.with_name(sfm_dir.name + "-global")
-        db_path = alt_dir.with_name(alt_dir.name + ".db")
-        build_database(db_path, names, db_names, features_path, for_global, shared)
-        result.global_pairs = len(for_global)
-        alt = run_mapper(
-            {**conf, "mapper": "global", "options": {}}, db_path, image_dir, alt_dir,
-            runtime["mapping_threads"], runtime["seed"],
-        )  # fmt: skip
-        os.replace(db_path, alt_dir / "database.db")
+        alt = map_global(shared, alt_dir)
         alt_covered = coverage(alt, linked_groups, name_of)
         logger.info(
             "mapping %s: incremental models cover %s of groups of %s images, global ones %s",

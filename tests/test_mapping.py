@@ -273,10 +273,11 @@ def test_global_pairs_keep_each_images_strongest_pair():
     assert mapping.global_pairs(names, verified, 0.0) == verified
 
 
-def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path):
+def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
     """Neighbours on an arc share hundreds of inliers; four far pairs of 20 random
     correspondences (with their 8-point F, as a repetitive texture gives) pull the global
-    pipeline's model apart unless the relatively weak pairs are dropped first."""
+    pipeline's model apart unless the relatively weak pairs are dropped first. Given both
+    levels, the models that agree with more verified inliers (the unbroken ones) are kept."""
     n = 8
     scene = make_scene(n_cams=n, noise=0.3)
     names = [f"im{i}.png" for i in range(n)]
@@ -295,18 +296,47 @@ def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path):
     ref = _centres(scene["poses"])
     spread = np.linalg.norm(ref - ref.mean(0), axis=1).mean()
     errors = {}
-    for rel in (0.0, 0.25):
-        over = {"mapper": "global", "camera_mode": "per_image", "global_min_relative_inliers": rel}
+    for levels in (0.0, [0.25], [0.0, 0.25]):
+        over = {"mapper": "global", "camera_mode": "per_image"}
         conf = config.merge(config.DEFAULTS, {"mapping": over})
-        out = tmp_path / f"rel{rel}"
-        result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, pairs, out)
+        conf["mapping"]["global_min_relative_inliers"] = levels
+        out = tmp_path / f"levels{levels}"
+        with caplog.at_level("INFO", logger="imc"):
+            result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, pairs, out)
         assert set(result.preds) == set(names)
         est = _centres([(result.preds[k].R, result.preds[k].t) for k in names])
-        errors[rel] = _align_error(est, ref) / spread
-        with sqlite3.connect(out / "database.db") as db:
+        errors[str(levels)] = _align_error(est, ref) / spread
+        with sqlite3.connect(out / "sfm" / "database.db") as db:  # the kept models' pairs
             stored = db.execute("select count(*) from two_view_geometries").fetchone()[0]
-        assert stored == result.global_pairs == (n - 1 if rel else n - 1 + 4)
-    assert errors[0.0] > 0.1 and errors[0.25] < 0.02, errors
+        assert stored == result.global_pairs == (n - 1 + 4 if levels == 0.0 else n - 1)
+        with sqlite3.connect(out / "database.db") as db:  # every verified pair
+            assert db.execute("select count(*) from two_view_geometries").fetchone()[0] == n + 3
+    assert errors["0.0"] > 0.1 and errors["[0.25]"] < 0.02 and errors["[0.0, 0.25]"] < 0.02
+    assert "global pipeline on [11, 7] of 11 pairs" in caplog.text
+
+
+def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):
+    scene = make_scene(n_cams=4, noise=0.3, outlier_frac=0.0)
+    names = [f"im{i}.png" for i in range(4)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    pairs = verified_pairs(scene, names)
+    result = map_scene(scene, names, ds, feats, tmp_path / "out")
+    model = pycolmap.Reconstruction(tmp_path / "out" / "sfm" / "0")
+    _, db_names = mapping.database_names(ds)
+    name_of = {v: k for k, v in db_names.items()}
+    total = sum(len(v["inliers"]) for v in pairs.values())
+    assert len(result.preds) == 4
+    assert mapping.model_support([model], pairs, feats, name_of) > 0.95 * total
+    # tilt one camera by 5 degrees (across the epipolar lines): its three pairs no longer fit
+    image = next(im for im in model.images.values() if name_of[im.name] == "im1.png")
+    turned = pycolmap.Rotation3d(
+        np.array([np.sin(np.deg2rad(2.5)), 0.0, 0.0, np.cos(np.deg2rad(2.5))])
+    )
+    frame = model.frames[image.frame_id]
+    pose = frame.rig_from_world
+    frame.rig_from_world = pycolmap.Rigid3d(turned * pose.rotation, pose.translation)
+    three = sum(len(v["inliers"]) for p, v in pairs.items() if "im1.png" in p)
+    assert mapping.model_support([model], pairs, feats, name_of) < 0.05 * three + total - three
 
 
 def test_camera_keys_tell_exif_cameras_apart(tmp_path):

@@ -75,7 +75,6 @@ SPACE: tuple[Param, ...] = (
     _int("mapping.min_model_size", 3, 10, help="smaller models are outliers"),
     _int("mapping.max_num_models", 2, 50, log=True, help="models per dataset"),
     _float("mapping.global_fallback", 0.0, 1.0, help="coverage below which global mapping runs"),
-    _float("mapping.global_min_relative_inliers", 0.0, 0.5, help="global: weaker pairs out"),
     _int(M + "min_num_matches", 5, 60, log=True, help="pairs below it are ignored by COLMAP"),
     # mapper: initial pair
     _int(M + "init_min_num_inliers", 15, 200, log=True, help="inliers of the initial pair"),
