@@ -22,8 +22,9 @@ Global fallback (`global_fallback`): incremental mapping can leave a well-connec
 images in pieces, as on a narrow-angle ring of a weakly textured object (dinoSparseRing: its
 16 images, linked around the ring by pairs of hundreds of inliers, came back as overlapping
 models of 11, 8, 3 and 3). When the best model of some connected group of the pair graph holds
-less than `global_fallback` of its images, the same database is also mapped by the global
-pipeline (pycolmap's defaults), and its result is kept if its best models cover more images.
+less than `global_fallback` of its images, the verified pairs are also mapped by the global
+pipeline (pycolmap's defaults; which pairs: below), and its result is kept if its best models
+cover more images.
 
 The global pipeline trusts each pair's relative pose, and a few false pairs bend its whole model,
 where incremental mapping, checking every registration against the 3D points, sets them aside.
@@ -356,7 +357,14 @@ def model_support(
     model, the matches whose Sampson distance to the epipolar geometry of the two posed cameras
     is below `max_error` pixels (of the first camera's focal length)."""
     total = 0
+    keypoints: dict[str, np.ndarray] = {}  # each image's, read once, in COLMAP's convention
     with h5py.File(features_path, "r") as ff:
+
+        def read(name: str) -> np.ndarray:
+            if name not in keypoints:
+                keypoints[name] = ff[h5_key(name)]["keypoints"][()].astype(float) + 0.5
+            return keypoints[name]
+
         for model in models:
             posed = {name_of[im.name]: im for im in model.images.values() if im.has_pose}
             for (a, b), v in verified.items():
@@ -364,10 +372,8 @@ def model_support(
                     continue
                 ia, ib = posed[a], posed[b]
                 ca, cb = model.cameras[ia.camera_id], model.cameras[ib.camera_id]
-                kpa = ff[h5_key(a)]["keypoints"][()].astype(float) + 0.5  # COLMAP's centre
-                kpb = ff[h5_key(b)]["keypoints"][()].astype(float) + 0.5
-                xa = ca.cam_from_img(kpa[v["inliers"][:, 0]])
-                xb = cb.cam_from_img(kpb[v["inliers"][:, 1]])
+                xa = ca.cam_from_img(read(a)[v["inliers"][:, 0]])
+                xb = cb.cam_from_img(read(b)[v["inliers"][:, 1]])
                 xa, xb = np.c_[xa, np.ones(len(xa))], np.c_[xb, np.ones(len(xb))]
                 ta, tb = ia.cam_from_world().matrix(), ib.cam_from_world().matrix()
                 rot = tb[:, :3] @ ta[:, :3].T
