@@ -6,7 +6,7 @@ For each dataset the features and verified pairs of the bench run's imc side (it
 names them) go through clustering and mapping once per mode, with the bench run's resolved
 configuration otherwise; prints a markdown table of IMC2025 score and mAA per dataset and mode.
 Only mapping differs between the columns, so the table isolates the effect of shared cameras;
-"global" marks a result of the global fallback (imc.mapping).
+"global" marks a result of the global fallback (imc.stages.mapping).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from imc import clustering, config, formats, mapping, scoring, verification
+from imc import config, formats, scoring
+from imc.stages import clustering, mapping, verification
 from imc.submission import submission_frame
 
 MODES = ("per_image", "shared", "auto")
@@ -45,15 +46,14 @@ def main() -> None:
         verified = verification.load_verified(
             Path(summary["verified"]), conf["verification"]["min_inliers"]
         )
-        kept = clustering.main(conf["clustering"], good, verified)
+        kept = clustering.main(conf, clustering.Inputs(good, verified), None)
+        inputs = mapping.Inputs(ds, good, Path(summary["features"]), kept)
         row = [run.name]
         for mode in MODES:
-            mconf = config.merge(conf["mapping"], {"camera_mode": mode})
+            mode_conf = config.merge(conf, {"mapping": {"camera_mode": mode}})
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory(prefix="imc-cameras-") as tmp:
-                result = mapping.main(
-                    mconf, conf["runtime"], ds, good, Path(summary["features"]), kept, Path(tmp)
-                )
+                result = mapping.main(mode_conf, inputs, Path(tmp))
             preds = {(ds.name, n): p for n, p in result.preds.items()}
             d = scoring.score(comp, submission_frame(comp, preds)).datasets[0]
             notes = [result.cameras] if mode == "auto" else []

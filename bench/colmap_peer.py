@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pycolmap
 
-from imc import formats, mapping
+from imc import formats
 from imc.data import OUTLIERS, Prediction
+from imc.stages import mapping
 from imc.submission import write_submission
 
 

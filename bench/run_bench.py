@@ -30,13 +30,15 @@ from imc.submission import read_submission  # noqa: E402
 START, END = "<!-- bench:pipeline:start -->", "<!-- bench:pipeline:end -->"
 
 
-def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
-    """Run `cmd`; (wall seconds, peak RSS MiB of the process tree's largest member, exit code)."""
+def timed(cmd: list[str], log: Path) -> tuple[float, float, int, float]:
+    """Run `cmd`; (wall seconds, peak RSS MiB of the process tree's largest member, exit code,
+    CPU seconds: user + system of the process and the children it waited for)."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
         _, status, usage = os.wait4(proc.pid, 0)
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status)
+    wall, code = time.perf_counter() - t0, os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss / 1024.0, code, usage.ru_utime + usage.ru_stime
 
 
 def score(data: Path, dataset: str, csv: Path) -> dict:
@@ -95,6 +97,7 @@ def run(args) -> list[dict]:
             "dataset": ds, "imc_csv": str(imc_csv), "peer_csv": str(peer_csv),
             "imc_seconds": mine[0], "peer_seconds": peer[0], "imc_peak_mib": mine[1],
             "peer_peak_mib": peer[1], "load": [load0, os.getloadavg()[0]],
+            "imc_cpu_seconds": mine[3], "peer_cpu_seconds": peer[3],
             "stages": {k: v["seconds"] for k, v in stats.items() if k != "total"},
         })  # fmt: skip
         # the run's report, with the score breakdown (outside the timed run)
@@ -136,23 +139,27 @@ def markdown(rows: list[dict], args) -> str:
     lines += [
         "",
         "Seconds per stage (imc), total wall time of each tool (process start to exit, "
-        "model loading included) and peak resident memory:",
+        "model loading included), its CPU utilization (CPU seconds of all its threads and "
+        "child processes over wall seconds; 200 % is both cores busy) and peak resident memory:",
         "",
         "| dataset | " + " | ".join(stages) + " | imc total | peer total | ratio | "
-        "imc peak MiB | peer peak MiB |",
-        "|---|" + "---|" * (len(stages) + 5),
+        "imc CPU | peer CPU | imc peak MiB | peer peak MiB |",
+        "|---|" + "---|" * (len(stages) + 7),
     ]
     for r in rows:
         st = " | ".join(f"{r['stages'].get(s, 0):.1f}" for s in stages)
         lines.append(
             f"| {r['dataset']} | {st} | {r['imc_seconds']:.0f} | "
             f"{r['peer_seconds']:.0f} | {r['imc_seconds'] / r['peer_seconds']:.1f}x | "
+            f"{_use(r, 'imc')} | {_use(r, 'peer')} | "
             f"{r['imc_peak_mib']:.0f} | {r['peer_peak_mib']:.0f} |"
         )
     ti, tp = sum(r["imc_seconds"] for r in rows), sum(r["peer_seconds"] for r in rows)
+    ci = sum(r.get("imc_cpu_seconds", 0) for r in rows)
+    cp = sum(r.get("peer_cpu_seconds", 0) for r in rows)
     lines += [
         "| **all** | " + " | " * len(stages) + f"**{ti:.0f}** | **{tp:.0f}** | "
-        f"**{ti / tp:.1f}x** | | |",
+        f"**{ti / tp:.1f}x** | **{100 * ci / ti:.0f} %** | **{100 * cp / tp:.0f} %** | | |",
         "",
         "Each dataset's run report (imc report, with the score breakdown): "
         "`outputs/bench/imc/<dataset>/report.html`.",
@@ -160,6 +167,12 @@ def markdown(rows: list[dict], args) -> str:
         END,
     ]
     return "\n".join(lines)
+
+
+def _use(row: dict, tool: str) -> str:
+    """CPU utilization of one tool's run, in percent of one core."""
+    cpu = row.get(f"{tool}_cpu_seconds")
+    return "" if cpu is None else f"{100 * cpu / row[f'{tool}_seconds']:.0f} %"
 
 
 def write_section(text: str) -> None:

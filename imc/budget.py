@@ -21,11 +21,14 @@ The policy, every decision logged and recorded in the dataset's `summary.json` (
    out. Mapping is skipped when the run's whole budget is spent.
 6. Mapping. Mapping runs until the end of the dataset's share, or for at least
    `1 - MATCHING_FRACTION` of the share when matching and verification ran late, never past the
-   run's end; incremental mapping then stops (imc.mapping: after the bundle adjustment in
+   run's end; incremental mapping then stops (imc.stages.mapping: after the bundle adjustment in
    progress) and the images registered so far keep their poses.
 
 Given the same decisions (level, pairs per image, where matching stopped), the results are the
 same: only these decisions depend on the clock.
+
+The mechanics live here too: `Budget.match` (points 4 and 5) and `Budget.map` (point 6) run a
+stage through callables that the pipeline passes in, so this module imports no stage.
 """
 
 from __future__ import annotations
@@ -35,10 +38,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .log import logger
+from .stages.pairs import pairs_from_descriptors
 
 DEFAULT_SECONDS = 9 * 3600 - 30 * 60  # Kaggle's 9 hours less a margin for install and output
 MAX_LEVEL = 3
@@ -111,6 +117,25 @@ class DatasetPlan:
         }
 
 
+Pairs = list[tuple[str, str]]
+
+
+@dataclass
+class MatchingJob:
+    """What `Budget.match` needs of the matching stage.
+
+    pairs: the retrieval pairs. match(pairs, deadline): matches them (resumable, stopping at the
+    `time.monotonic()` deadline when not None) and returns matches.h5. done(pairs): how many of
+    `pairs` (all pairs in the file when None) are matched. descriptors(): the image names and
+    [N x D] global descriptors that pairs are cut with. retrieval: the retrieval settings."""
+
+    pairs: Pairs
+    match: Callable[[Pairs, float | None], Path]
+    done: Callable[[Pairs | None], int]
+    descriptors: Callable[[], tuple[list[str], np.ndarray]]
+    retrieval: dict
+
+
 class Budget:
     """The run's time: `seconds` from now, shared among datasets of `sizes` (name -> images).
 
@@ -181,6 +206,62 @@ class Budget:
         end = max(plan.start + plan.share, now + (1 - MATCHING_FRACTION) * plan.share)
         return min(end, self.deadline) - now
 
+    def match(self, plan: DatasetPlan, job: MatchingJob) -> tuple[Path, Pairs]:
+        """Matching in the dataset's time (points 4 and 5): pairs cut to what fits at the
+        measured seconds per pair, matching stopped at the deadline.
+
+        Returns: matches.h5 and the pair list after the cut."""
+        pairs, allowance = job.pairs, self.matching_allowance(plan)
+        if not math.isfinite(allowance):
+            return job.match(pairs, None), pairs
+        deadline = time.monotonic() + allowance
+        done0, t0 = job.done(None), time.perf_counter()
+        if allowance > 0 and self.rate("pair") is None and len(pairs) > PROBE_PAIRS:
+            job.match(pairs[:PROBE_PAIRS], None)
+            self.observe("pair", time.perf_counter() - t0, job.done(None) - done0, plan.level)
+        pairs = self._cut(plan, job)
+        done1, t1 = job.done(None), time.perf_counter()
+        path = job.match(pairs, deadline)
+        self.observe("pair", time.perf_counter() - t1, job.done(None) - done1, plan.level)
+        missing = len(pairs) - job.done(pairs)
+        if missing:
+            plan.note(f"matching stopped at the deadline: {missing} of {len(pairs)} pairs left out")
+        return path, pairs
+
+    def _cut(self, plan: DatasetPlan, job: MatchingJob) -> Pairs:
+        """The pairs that fit in the matching time left at the measured rate (point 4)."""
+        allowance = self.matching_allowance(plan)
+        per_pair = self.rate("pair", plan.level)
+        limit = 0 if allowance <= 0 else max_pairs(allowance, per_pair)
+        if limit == 0 and job.pairs:
+            plan.note(f"no time left for matching: none of {len(job.pairs)} pairs matched")
+            return []
+        if limit is None or limit >= len(job.pairs):
+            return job.pairs
+        names, desc = job.descriptors()
+        cut, k = cut_pairs(names, desc, job.retrieval, limit)
+        plan.note(
+            f"{len(job.pairs)} pairs at {per_pair:.2f} s/pair exceed the {allowance:.0f} s left "
+            f"for matching: cut to {len(cut)} pairs ({k} neighbours per image)"
+        )
+        return cut
+
+    def map(self, plan: DatasetPlan, run: Callable[[float], Any], empty: Callable[[], Any]):
+        """Mapping in the dataset's time (point 6): `run(seconds)` maps within that many
+        seconds and returns a result with `preds` and `stopped`; when the run's time is spent,
+        nothing is mapped and `empty()` is returned."""
+        allowance = self.mapping_allowance(plan)
+        if allowance <= 0:
+            plan.note("no time left for mapping: its images are outliers")
+            return empty()
+        result = run(allowance)
+        if result.stopped:
+            plan.note(
+                f"mapping stopped at its time limit ({allowance:.0f} s): "
+                f"{len(result.preds)} of {plan.images} images registered"
+            )
+        return result
+
 
 def max_pairs(allowance: float, per_pair: float | None) -> int | None:
     """How many pairs fit in `allowance` seconds at `per_pair` seconds each (None: any)."""
@@ -200,8 +281,6 @@ def cut_pairs(
 
     names: [N] image names; desc: [N x D] global descriptors.
     Returns: the pairs (a before b in `names`) and the k used (0 when no pair fits)."""
-    from .pairs import pairs_from_descriptors
-
     n = len(names)
     k = min(retrieval["num_neighbors"], n - 1)
     if n < retrieval["exhaustive_below"]:

@@ -204,9 +204,11 @@ from pathlib import Path
 INPUT_ROOT = Path("/kaggle/input")
 BUNDLE = None  # None: the input folder holding install_and_run.py (built as {bundle_name!r})
 COMPETITION = None  # None: the input folder holding sample_submission.csv and test/
+DINOV2 = None  # None: the model input whose config.json says model_type dinov2, if attached
 OUTPUT = Path("/kaggle/working/submission.csv")
 WORK_DIR = Path("/tmp/imc")  # cache and run folders (kept out of the notebook's output)
-EXTRA_ARGS = []  # e.g. ["--preset", "gpu", "--time-budget", "30000", "--config", "..."]"""
+# No flag is needed for the GPU: with a CUDA device imc applies its gpu preset by itself.
+EXTRA_ARGS = []  # e.g. ["--time-budget", "30000", "--config", "...", "--preset", "cpu"]"""
     run = """import subprocess, sys
 
 if BUNDLE is None:
@@ -218,9 +220,20 @@ cmd = [sys.executable, str(BUNDLE / "install_and_run.py"), "--output", str(OUTPU
        "--input-root", str(INPUT_ROOT), "--work-dir", str(WORK_DIR), *EXTRA_ARGS]
 if COMPETITION is not None:
     cmd += ["--competition", str(COMPETITION)]
+if DINOV2 is not None:
+    cmd += ["--dinov2", str(DINOV2)]
 print(" ".join(cmd))
 status = subprocess.run(cmd).returncode
-print("exit status", status)"""
+# No exception here on purpose: a notebook that raises is a failed Kaggle submission and its
+# output is thrown away, while the submission written by now holds every row (datasets that
+# failed, or the whole run if it crashed early: outliers / the sample submission).
+if status != 0:
+    print("!" * 78, f"imc exited with status {status}: see the lines above.",
+          "3: some datasets failed (their images are outliers), the rest is submitted;",
+          "other: the run failed, the sample submission was copied if nothing was written.",
+          "!" * 78, sep="\\n")
+else:
+    print("exit status 0")"""
     show = """import pandas as pd
 
 sub = pd.read_csv(OUTPUT)
@@ -230,7 +243,19 @@ sub.head()"""
         "# imc: offline image matching and Structure-from-Motion\n\n"
         "Attach the competition and the imc bundle dataset (the folder built by `make kaggle`), "
         "with internet off. The cell below installs the bundle's wheels offline and writes "
-        "`/kaggle/working/submission.csv`."
+        "`/kaggle/working/submission.csv`.\n\n"
+        "**GPU**: choose a GPU accelerator in the notebook's settings; imc sees the CUDA "
+        "device through torch and applies its `gpu` preset (more keypoints at a larger size, "
+        "half-precision LightGlue, more pairs per image) without any flag. "
+        '`EXTRA_ARGS = ["--preset", "cpu"]` keeps the defaults.\n\n'
+        "**DINOv2** (global descriptors for the pairs): *Add Input -> Models*, a DINOv2 model "
+        "in the Transformers framework (e.g. `dinov2`, variation `base`: a folder with "
+        "`config.json` and `model.safetensors`). It is found under `/kaggle/input` by its "
+        "`config.json` (`model_type: dinov2`) and passed as `$IMC_DINOV2`; or set `DINOV2` "
+        "below to its folder. Without one, the pairs come from aggregated ALIKED descriptors "
+        "and the log says so.\n\n"
+        "If a dataset fails, the run goes on: the submission keeps every row (that dataset's "
+        "images as outliers) and the failed datasets are listed at the end."
     )
 
     def cell(kind: str, text: str) -> dict:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,11 +41,25 @@ def stage_dir(cache_root: Path, stage: str, *parts: Any) -> Path:
     return path
 
 
+def file_mode() -> int:
+    """The mode a new file gets from open() in this process: 0o666 less the umask."""
+    try:  # Linux >= 4.7: read it without changing it (os.umask sets it for every thread)
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temporary file beside `path` and rename it into place."""
+    """Write text to a temporary file beside `path` and rename it into place. The file gets
+    the mode of any other output (`file_mode()`, 0644 under the usual umask), not mkstemp's
+    private 0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -54,6 +69,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def safe_name(name: str) -> str:
+    """A dataset's folder name, in the cache and in the run folder: `name` with every run of
+    characters other than letters, digits, '.', '_' and '-' made one '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def h5_key(name: str) -> str:

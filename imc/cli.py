@@ -1,31 +1,28 @@
-"""The `imc` command: run, score, check, demo, tune."""
+"""The `imc` command: run, score, check, demo, report, compare, tune.
+
+Exit status: 0 done; 1 a check found problems; 2 bad input or configuration (one line on
+stderr, nothing run); FAILED_DATASETS (3) the run finished with a complete submission but some
+datasets failed (their images are outliers; tracebacks in RUN_DIR/errors.log); 130
+interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from importlib import metadata
 from pathlib import Path
 
+from tuning.cli import add_parser as add_tune_parser
+from tuning.cli import run as cmd_tune
+
+from .cli_args import add_config_args
 from .errors import ImcError
 from .log import logger, setup_logging
 from .submission import check_submission, read_submission
 
-
-def add_config_args(p: argparse.ArgumentParser, base: bool = False) -> None:
-    """--config, --preset and --set (args.config, args.preset, args.overrides), the inputs of
-    config.resolve; `base`: they give the base configuration (of a sweep)."""
-    what = "base " if base else ""
-    p.add_argument("--config", help=f"JSON {what}config file (e.g. the best config of `imc tune`)")
-    p.add_argument("--preset", help=f"named {what}preset: cpu, gpu, fast")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override one {what}setting, e.g. --set features.max_keypoints=1024",
-    )
+FAILED_DATASETS = 3  # as the Kaggle entry point (submission.py) says it
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -39,13 +36,31 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def package_version() -> str:
+    """The installed package's version, else imc.__version__ (a source tree on sys.path)."""
+    try:
+        return metadata.version("imc")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-V", "--version", action="version", version=f"imc {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="reconstruct every dataset and write submission.csv")
-    p.add_argument("data_root", type=Path, help="competition folder (IMC2023/2024/2025 layout)")
+    p = sub.add_parser(
+        "run", help="reconstruct every dataset and write submission.csv and poses.csv"
+    )
+    p.add_argument(
+        "data_root",
+        type=Path,
+        help="a folder of photos, a folder of photo folders (one dataset each), or a "
+        "competition folder (IMC2023/2024/2025 layout)",
+    )
     p.add_argument("--split", choices=["train", "test"], help="default: test if it has images")
     p.add_argument("--datasets", help="comma-separated dataset names (default: all)")
     p.add_argument("--output", type=Path, help="submission path (default: RUN_DIR/submission.csv)")
@@ -85,39 +100,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, help="HTML path (default: RUN_DIR/report.html)")
     p.add_argument("--submission", type=Path, help="default: the run's submission")
 
-    from tuning.cli import add_parser as add_tune_parser
+    p = sub.add_parser(
+        "compare", help="the images whose outcome differs between two scored run folders"
+    )
+    p.add_argument("run_a", type=Path)
+    p.add_argument("run_b", type=Path)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     add_tune_parser(sub)
     return parser
 
 
 def cmd_run(args, data_root: Path, split: str | None, datasets) -> int:
-    from . import config, formats, pipeline, settings
+    """Run, write the submission, poses.csv per dataset and the report; score when the split
+    has reference poses, then diagnose every image (imc.diagnosis: summary.json `diagnosis`).
+    Exit status FAILED_DATASETS when a dataset failed (its images are outliers)."""
+    from . import config, formats, pipeline, poses, settings
 
     conf = config.resolve(args.preset, args.config, args.overrides)
     comp = formats.read_competition(data_root, split=split, datasets=datasets)
     run_dir = args.run_dir or Path("outputs/run")
     output = getattr(args, "output", None) or run_dir / "submission.csv"
     cache = args.cache_dir or settings.cache_root()
-    logger.info(
-        "%d datasets, %d images (IMC%d %s)",
-        len(comp.datasets),
-        comp.num_images,
-        comp.year,
-        comp.split,
-    )
+    logger.info("%d datasets, %d images (%s)", len(comp.datasets), comp.num_images, comp.layout)
     budget = getattr(args, "time_budget", None)
-    pipeline.run(comp, conf, run_dir, cache, output, None if budget == float("inf") else budget)
+    started = time.time()
+    preds, stats = pipeline.run(
+        comp, conf, run_dir, cache, output, None if budget == float("inf") else budget
+    )
     print(f"submission: {output}")
-    scores, score = None, not getattr(args, "no_score", False)
-    if comp.split == "train" and score:
+    for path in poses.complete_run(comp, preds, run_dir, started, stats.failed):
+        print(f"poses: {path}")
+    scores, score = None, comp.has_reference_poses and not getattr(args, "no_score", False)
+    if score:
         from . import scoring
 
-        report = scoring.score(comp, read_submission(output, comp.year))
+        frame = read_submission(output, comp.year)
+        report = scoring.score(comp, frame)
         print(scoring.summary(report))
         scores = report.to_dict()
+        _diagnose(comp, frame, report, run_dir)
+    elif not comp.has_reference_poses:
+        logger.info("%s: no reference poses, not scored", data_root)
     if not getattr(args, "no_report", False):
         _write_report(run_dir, data_root, comp.split, output, scores, score)
+    for name, error in stats.failed.items():
+        log = run_dir / "errors.log"
+        print(f"dataset {name} failed: {error}; traceback in {log}", file=sys.stderr)
+    return FAILED_DATASETS if stats.failed else 0
+
+
+def _diagnose(comp, frame, report, run_dir: Path) -> None:
+    """Per image error analysis of a scored IMC2025 run, its causes logged per dataset; a
+    failure here is logged and does not fail the finished run."""
+    from . import diagnosis
+
+    if comp.year != 2025:
+        return
+    try:
+        for name, rows in diagnosis.diagnose_run(comp, frame, report, run_dir).items():
+            logger.info("diagnosis %s: %s", name, diagnosis.causes(rows))
+    except Exception as e:
+        logger.error("diagnosis not written: %s", e, exc_info=True)
+
+
+def cmd_compare(args) -> int:
+    """The images whose outcome differs between two diagnosed runs."""
+    from . import diagnosis
+
+    rows = diagnosis.compare(args.run_a, args.run_b)
+    print(json.dumps(rows, indent=1) if args.json else diagnosis.compare_text(rows))
     return 0
 
 
@@ -182,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         if args.command == "tune":
-            from tuning.cli import run as cmd_tune
-
             return cmd_tune(args)
+        if args.command == "compare":
+            return cmd_compare(args)
     except ImcError as e:
         print(f"imc: error: {e}", file=sys.stderr)
         return 2

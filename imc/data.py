@@ -7,6 +7,8 @@ One model serves the three competition years. A `Dataset` is one unit of reconst
   (reference scene, or `outliers`) and is unknown on the test split.
 - IMC2024: one `test/<scene>/images/` folder; the metric's dataset and scene columns name it.
 - IMC2023: one `test/<dataset>/<scene>/images/` folder.
+- A folder of photos (`Competition.plain`): the folder itself, or each of its subfolders; no
+  labels, written as an IMC2025 test submission.
 
 Poses follow the competition convention: `x_cam = R @ X + t`, camera centre `-R.T @ t`.
 """
@@ -95,19 +97,32 @@ class Dataset:
 class Competition:
     """A competition folder read into memory.
 
-    year: 2023, 2024 or 2025 (detected from the files present).
-    split: `train` or `test`.
+    year: 2023, 2024 or 2025 (detected from the files present); 2025 for a folder of photos,
+        whose submission takes that year's columns (every image one row, its own cluster).
+    split: `train` or `test` (`test` for a folder of photos).
     datasets: name -> Dataset, in file order.
+    plain: a folder of photos (or of photo folders), not a competition: no labels, never scored.
     """
 
     year: int
     root: Path
     split: str
     datasets: dict[str, Dataset]
+    plain: bool = False
 
     @property
     def num_images(self) -> int:
         return sum(len(d.images) for d in self.datasets.values())
+
+    @property
+    def has_reference_poses(self) -> bool:
+        """True when some image has a reference pose: the split can be scored."""
+        return any(im.has_pose for d in self.datasets.values() for im in d.images)
+
+    @property
+    def layout(self) -> str:
+        """`IMC2025 train`, ..., or `folder of photos`: what was read, for messages."""
+        return "folder of photos" if self.plain else f"IMC{self.year} {self.split}"
 
 
 @dataclass

@@ -6,7 +6,17 @@ Per model folder (`<run>/<dataset>/models/<k>/`):
 - `points.ply`: the sparse points with colours averaged over the images that see them;
 - `transforms.json` in the instant-ngp / nerfstudio convention, for NeRF and Gaussian-splatting
   tools: per frame the camera-to-world matrix in OpenGL camera axes (x right, y up, z backward),
-  the intrinsics of its camera and the image path relative to the json file.
+  the intrinsics of its camera and the image path `images/<COLMAP image name>`;
+- `images/`: one symbolic link per registered image to the image's absolute path (a copy where
+  the file system has no links).
+
+Why `images/` beside the json: that is the layout instant-ngp's colmap2nerf.py and nerfstudio's
+`ns-process-data` write and their loaders read (`file_path` relative to the json's folder; an
+absolute path is not what they write, and not every reader accepts one). A relative path that
+climbs to the data folder (`../../../../train/ETs/x.png`) breaks as soon as the run folder
+moves; the links hold absolute targets, so the run folder can move anywhere on the machine
+where the images stay put. To take a model to another machine, copy it with its links followed
+(`cp -rL`, `rsync -L`).
 
 The world frame is the model's own (nerfstudio's `keep_original_world_coordinate`): no axis swap,
 so `transforms.json`, `points.ply` and the COLMAP files agree with each other.
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,17 +93,49 @@ def pose_from_transform(transform_matrix: np.ndarray) -> np.ndarray:
     return np.linalg.inv(c2w)[:3]
 
 
-def transforms(model: pycolmap.Reconstruction, image_dir: Path, out_dir: Path) -> dict:
-    """The transforms.json content of `model`; image paths relative to `out_dir`.
+def model_stats(model: pycolmap.Reconstruction) -> dict:
+    """The figures of one model: registered_images, points3D (counts), mean_track_length (images
+    per point) and mean_reprojection_error_px (pixels); both means None without points."""
+    points = int(model.num_points3D())
+    track = round(float(model.compute_mean_track_length()), 3) if points else None
+    error = round(float(model.compute_mean_reprojection_error()), 4) if points else None
+    return {
+        "registered_images": int(model.num_reg_images()),
+        "points3D": points,
+        "mean_track_length": track,
+        "mean_reprojection_error_px": error,
+    }
 
-    image_dir: the folder that COLMAP's image names are relative to. Frames are sorted by name.
-    """
+
+IMAGES = "images"  # the folder of image links beside transforms.json
+
+
+def link_images(names: list[str], image_dir: Path, out_dir: Path) -> list[str]:
+    """`<out_dir>/images/<name>` for each COLMAP image name: a symbolic link to the image's
+    absolute path (a copy where links fail). The folder is made afresh. Returns the paths
+    relative to `out_dir`, as transforms.json's `file_path` holds them."""
+    root = Path(out_dir) / IMAGES
+    shutil.rmtree(root, ignore_errors=True)  # removes old links, never their targets
+    out = []
+    for name in names:
+        src, dest = (Path(image_dir) / name).absolute(), root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(src, dest)
+        except OSError:  # no symbolic links here (some Windows setups, some mounts)
+            shutil.copyfile(src, dest)
+        out.append(dest.relative_to(out_dir).as_posix())
+    return out
+
+
+def transforms(model: pycolmap.Reconstruction, file_paths: dict[str, str]) -> dict:
+    """The transforms.json content of `model`. file_paths: COLMAP image name -> the image's path
+    relative to the json's folder (link_images). Frames are sorted by name."""
     frames = []
     images = sorted((im for im in model.images.values() if im.has_pose), key=lambda im: im.name)
     for image in images:
-        path = Path(image_dir) / image.name
         frame = {
-            "file_path": Path(os.path.relpath(path, out_dir)).as_posix(),
+            "file_path": file_paths[image.name],
             "transform_matrix": transform_from_pose(image.cam_from_world().matrix()).tolist(),
             "colmap_im_id": int(image.image_id),
         }
@@ -107,7 +150,8 @@ def transforms(model: pycolmap.Reconstruction, image_dir: Path, out_dir: Path) -
 
 
 def export_model(model: pycolmap.Reconstruction, out_dir: Path, image_dir: Path) -> Path:
-    """Binary + text COLMAP model, coloured points.ply and transforms.json in `out_dir`."""
+    """Binary + text COLMAP model, coloured points.ply, transforms.json and its image links in
+    `out_dir`. image_dir: the folder that COLMAP's image names are relative to."""
     out_dir = Path(out_dir)
     (out_dir / "text").mkdir(parents=True, exist_ok=True)
     try:
@@ -117,6 +161,8 @@ def export_model(model: pycolmap.Reconstruction, out_dir: Path, image_dir: Path)
     model.write_binary(str(out_dir))
     model.write_text(str(out_dir / "text"))
     model.export_PLY(str(out_dir / "points.ply"))
-    content = transforms(model, image_dir, out_dir)
+    names = sorted(im.name for im in model.images.values() if im.has_pose)
+    paths = dict(zip(names, link_images(names, image_dir, out_dir), strict=True))
+    content = transforms(model, paths)
     atomic_write_text(out_dir / "transforms.json", json.dumps(content, indent=1))
     return out_dir

@@ -1,4 +1,4 @@
-"""Read and write the three competition layouts (IMC2023, IMC2024, IMC2025).
+"""Read and write the three competition layouts (IMC2023, IMC2024, IMC2025); read photo folders.
 
     IMC2025  <root>/{train,test}/<dataset>/<image>
              train_labels.csv        dataset,scene,image,rotation_matrix,translation_vector
@@ -13,18 +13,15 @@
              train/train_labels.csv  dataset,scene,image_path,rotation_matrix,translation_vector
              sample_submission.csv   image_path,dataset,scene,rotation_matrix,translation_vector
                                      (image_path relative to test/: <dataset>/<scene>/images/<f>)
+    photos   <root>/<image>              one dataset, named after the folder, or else
+             <root>/<dataset>/<image>    one dataset per subfolder; no labels (read_photos)
 
 Sources: the IMC2023 evaluation code (Kaggle notebook eduardtrulls/imc2023-evaluation) and data
 readers as reproduced in GitHub veichta/IMC-2023 (imc2023/utils/eval.py, utils.py); the IMC2024
 metric and sample-submission parser as reproduced in GitHub yukkyo/Kaggle-IMC-2024
 (src/metrics.py, src/sample_sub.py); the IMC2025 submission writer of the Kaggle baseline.
 
-An image that is not registered is written the way the year's metric scores as a miss:
-- 2025: scene `outliers`, `nan` poses (the metric ignores non-finite poses);
-- 2024: `nan` poses: the metric drops cameras with non-finite centres before registering them,
-  so they count as misses (a missing row would too, but Kaggle wants every row);
-- 2023: identity rotation and zero translation, the organisers' baseline convention: `nan`
-  makes the metric's quaternion eigen-decomposition raise, and a missing row fails its assert.
+The submission columns, row keys and misses (unregistered images) of each year: imc.submission.
 
 2023 and 2024 published no thresholds file (their metrics hard-code them); a
 `train_thresholds.csv` at the root or in train/ is read if present, in this project's format:
@@ -36,7 +33,6 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -44,18 +40,14 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write_text
+from .csvio import format_floats, parse_floats, read_csv
 from .data import OUTLIERS, Competition, Dataset, ImageInfo, Prediction, Predictions
 from .errors import ImcError
 from .log import logger
+from .submission import POSE, SUBMISSION_COLUMNS, submission_frame, submission_key
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 SPLITS = ("train", "test")
-POSE = ("rotation_matrix", "translation_vector")
-SUBMISSION_COLUMNS = {
-    2025: ("image_id", "dataset", "scene", "image", *POSE),
-    2024: ("image_path", "dataset", "scene", *POSE),
-    2023: ("image_path", "dataset", "scene", *POSE),
-}
 LABEL_COLUMNS = {
     2025: ("dataset", "scene", "image", *POSE),
     2024: ("dataset", "scene", "image_name", *POSE),
@@ -66,15 +58,15 @@ THRESHOLD_COLUMNS = {
     2024: ("dataset", "scene", "thresholds"),
     2023: ("dataset", "scene", "rotation_thresholds", "translation_thresholds"),
 }
+ACCEPTED = (
+    "accepted: a folder of images, a folder of image folders (one dataset each), or an "
+    "IMC2023/2024/2025 competition folder (train_labels.csv or sample_submission.csv, or "
+    "test|train/<dataset>/<image>, <scene>/images/ or <dataset>/<scene>/images/)"
+)
 LABELS_FILE = {
     2025: "train_labels.csv",
     2024: "train/train_labels.csv",
     2023: "train/train_labels.csv",
-}
-UNREGISTERED = {
-    2025: (np.full(9, np.nan), np.full(3, np.nan)),
-    2024: (np.full(9, np.nan), np.full(3, np.nan)),
-    2023: (np.eye(3).ravel(), np.zeros(3)),
 }
 
 
@@ -94,49 +86,6 @@ class _Row:
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def _short(text: object, n: int = 60) -> str:
-    s = str(text)
-    return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def parse_floats(text: object, n: int | None = None, where: str = "") -> np.ndarray:
-    """A ';'-separated row-major string -> [n] float64 (`nan` allowed); ImcError naming `where`."""
-    try:
-        values = np.array([float(x) for x in str(text).split(";")], dtype=np.float64)
-    except ValueError:
-        raise ImcError(f"{where}: cannot parse {_short(text)!r} as ';'-separated numbers") from None
-    if n is not None and values.size != n:
-        raise ImcError(f"{where}: expected {n} values, got {values.size} in {_short(text)!r}")
-    return values
-
-
-def format_floats(values: np.ndarray) -> str:
-    """Row-major ';'-joined, each number in its shortest exact (round-trip) form."""
-    return ";".join(repr(float(x)) for x in np.asarray(values, dtype=np.float64).ravel())
-
-
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """A CSV as strings ('' for empty cells); one-line ImcError if malformed or short of columns."""
-    try:
-        with warnings.catch_warnings():  # rows longer than the header: an error, not data loss
-            warnings.simplefilter("error", pd.errors.ParserWarning)
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False
-            )
-    except FileNotFoundError:
-        raise ImcError(f"{path}: no such file") from None
-    except (ValueError, OSError, pd.errors.ParserWarning) as e:  # also UnicodeDecodeError
-        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ImcError(f"{path}: malformed CSV ({detail})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise ImcError(
-            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(frame.columns)})"
-        )
-    return frame.fillna("")
 
 
 def _csv_header(path: Path) -> set[str]:
@@ -188,7 +137,15 @@ def detect_year(root: Path) -> int:
     """2023, 2024 or 2025, from the CSV columns when they decide it, else the folder depth."""
     root = Path(root)
     if not root.is_dir():
-        raise ImcError(f"{root}: no such competition folder")
+        raise ImcError(f"{root}: no such folder")
+    year = _competition_year(root)
+    if year is None:
+        raise ImcError(f"{root}: not an IMC2023/2024/2025 folder; {ACCEPTED}")
+    return year
+
+
+def _competition_year(root: Path) -> int | None:
+    """detect_year's answer, or None when `root` holds no competition layout."""
     if {"dataset", "scene", "image"} <= _csv_header(root / "train_labels.csv"):
         return 2025
     sample = _csv_header(root / "sample_submission.csv")
@@ -198,7 +155,7 @@ def detect_year(root: Path) -> int:
     if "image_path" in sample:
         if by_depth and by_depth[0] != 2025:
             return by_depth[0]
-        first = _read_csv(root / "sample_submission.csv", ("image_path",))["image_path"]
+        first = read_csv(root / "sample_submission.csv", ("image_path",))["image_path"]
         parts = PurePosixPath(first.iloc[0]).parts if len(first) else ()
         return 2024 if parts and parts[0] in SPLITS and len(parts) == 4 else 2023
     labels = _csv_header(root / "train" / "train_labels.csv")
@@ -206,12 +163,7 @@ def detect_year(root: Path) -> int:
         return 2024
     if "image_path" in labels:
         return 2023
-    if by_depth:
-        return by_depth[0]
-    raise ImcError(
-        f"{root}: not an IMC2023/2024/2025 folder (no train_labels.csv or sample_submission.csv, "
-        "and no test|train/<dataset>/<image>, <scene>/images/ or <dataset>/<scene>/images/)"
-    )
+    return by_depth[0] if by_depth else None
 
 
 def _choose_split(root: Path, year: int, split: str | None) -> str:
@@ -334,7 +286,7 @@ def _attach_thresholds(comp: Competition) -> None:
     )
     if not src.is_file():
         return
-    frame = _read_csv(src, THRESHOLD_COLUMNS[comp.year])
+    frame = read_csv(src, THRESHOLD_COLUMNS[comp.year])
     for i, rec in enumerate(frame.to_dict("records")):
         where = f"{src} line {i + 2}"
         if comp.year == 2023:
@@ -351,7 +303,7 @@ def _attach_thresholds(comp: Competition) -> None:
 def read_competition(
     root: Path, split: str | None = None, datasets: list[str] | None = None
 ) -> Competition:
-    """Read a competition folder of any year into memory.
+    """Read a competition folder of any year, or a folder of photos (read_photos), into memory.
 
     split: `train` (images and poses from the labels), `test` (images from the sample
         submission, in its order, or every image file sorted), or None: `test` when test/
@@ -359,19 +311,23 @@ def read_competition(
     datasets: keep these, by Dataset.name or by the dataset column (file order is kept).
     """
     root = Path(root)
-    year = detect_year(root)
-    split = _choose_split(root, year, split)
     if isinstance(datasets, str):
         datasets = [datasets]
+    if not root.is_dir():
+        raise ImcError(f"{root}: no such folder; {ACCEPTED}")
+    year = _competition_year(root)
+    if year is None:
+        return read_photos(root, split, datasets)
+    split = _choose_split(root, year, split)
     src = root / (LABELS_FILE[year] if split == "train" else "sample_submission.csv")
     if src.is_file():
         if split == "train":
-            rows = _label_rows(root, year, _read_csv(src, LABEL_COLUMNS[year]), src)
+            rows = _label_rows(root, year, read_csv(src, LABEL_COLUMNS[year]), src)
         else:
             required = (
                 ("image_id", "dataset", "image") if year == 2025 else SUBMISSION_COLUMNS[year]
             )
-            rows = _sample_rows(root, year, _read_csv(src, required[:3]), src)
+            rows = _sample_rows(root, year, read_csv(src, required[:3]), src)
         rows = _select(rows, datasets, root)
         disk = _disk_rows(root, year, split)
         if datasets is not None:
@@ -398,16 +354,59 @@ def read_competition(
     return comp
 
 
-def submission_key(comp: Competition, ds: Dataset, im: ImageInfo) -> str:
-    """The submission's row key of an image: 2025 `image_id`, 2023/2024 `image_path` (the
-    sample submission's value when the image came from one, else the year's convention)."""
-    if im.image_id:
-        return im.image_id
-    if comp.year == 2025:
-        return f"{ds.dataset}_{im.name}"
-    if comp.year == 2024:
-        return f"{comp.split}/{ds.name}/images/{im.name}"
-    return im.name
+def _photo_rows(root: Path) -> list[_Row]:
+    """The images directly in `root` (one dataset named after it), else those of each
+    subfolder (one dataset each, named after the subfolder)."""
+    own = _images(root)
+    if own:
+        name = root.resolve().name or "photos"
+        nested = [d for d in _subdirs(root) if _images(d)]
+        if nested:
+            logger.warning(
+                "%s: its own %d images are one dataset; the images of its subfolders (e.g. %s) "
+                "are not read", root, len(own), nested[0],
+            )  # fmt: skip
+        return [_Row(name, name, None, f.name, f) for f in own]
+    rows, empty = [], []
+    for d in _subdirs(root):
+        found = _images(d)
+        rows += [_Row(d.name, d.name, None, f.name, f) for f in found]
+        if not found:
+            empty.append(d.name)
+    if rows and empty:
+        logger.warning("%s: subfolder(s) without images skipped: %s", root, ", ".join(empty))
+    if not rows:
+        if not [p for p in root.iterdir() if not p.name.startswith(".")]:
+            raise ImcError(f"{root}: empty folder; {ACCEPTED}")
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise ImcError(f"{root}: no images ({exts}) in it or in its subfolders; {ACCEPTED}")
+    return rows
+
+
+def read_photos(
+    root: Path, split: str | None = None, datasets: list[str] | None = None
+) -> Competition:
+    """A folder of photos as a `plain` Competition: the images directly in `root` are one
+    dataset named after the folder; without any, each subfolder with images is one dataset.
+    Files are sorted by name; unrelated images may be among them (the pipeline's outliers).
+    No labels: the split is `test` (asking for `train` is an error) and the submission takes
+    the IMC2025 columns."""
+    root = Path(root)
+    if split == "train":
+        raise ImcError(
+            f"{root}: a folder of photos has no train split (no reference poses to score "
+            f"against); {ACCEPTED}"
+        )
+    if split not in (None, "test"):
+        raise ImcError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
+    rows = _select(_photo_rows(root), datasets, root)
+    groups: dict[str, Dataset] = {}
+    for r in rows:
+        ds = groups.setdefault(r.key, Dataset(name=r.key, dataset=r.dataset, images=[]))
+        ds.images.append(ImageInfo(r.name, r.path))
+    comp = Competition(year=2025, root=root, split="test", datasets=groups, plain=True)
+    logger.info("folder of photos %s: %d datasets, %d images", root, len(groups), comp.num_images)
+    return comp
 
 
 # ---------------------------------------------------------------- labels, thresholds, layouts
@@ -496,8 +495,6 @@ def write_test_layout(comp: Competition, out_root: Path, copy: bool = False) -> 
             images.append(ImageInfo(name, out_root / "test" / rel, scene, image_id=image_id))
         groups[ds.name] = Dataset(ds.name, ds.dataset, images, ds.scene)
     test = Competition(year=comp.year, root=out_root, split="test", datasets=groups)
-    from .submission import submission_frame
-
     sample = submission_frame(test, {})
     atomic_write_text(out_root / "sample_submission.csv", sample.to_csv(index=False))
     logger.info("test layout at %s: %d images", out_root, test.num_images)

@@ -7,6 +7,8 @@ pixel at (0, 0). COLMAP puts it at (0.5, 0.5); the database writer adds 0.5 (map
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -44,6 +46,28 @@ def read_image(path: str | Path, apply_exif: bool = False) -> np.ndarray:
     if arr.shape[0] < 2 or arr.shape[1] < 2:
         raise ImageReadError(f"{path}: image too small ({arr.shape[1]}x{arr.shape[0]})")
     return arr
+
+
+def read_ahead(
+    paths: list[Path], apply_exif: bool = False, ahead: int = 2
+) -> Iterator[np.ndarray | ImageReadError]:
+    """The images of `paths` in order (read_image), decoded `ahead` images in advance on a
+    background thread so that decoding overlaps the caller's work; an unreadable file gives
+    its ImageReadError in its place."""
+
+    def load(path: Path) -> np.ndarray | ImageReadError:
+        try:
+            return read_image(path, apply_exif)
+        except ImageReadError as e:
+            return e
+
+    with ThreadPoolExecutor(1, thread_name_prefix="image-reader") as pool:
+        pending = [pool.submit(load, p) for p in paths[:ahead]]
+        for k in range(len(paths)):
+            if k + ahead < len(paths):
+                pending.append(pool.submit(load, paths[k + ahead]))
+            yield pending[k].result()
+            pending[k] = None  # free the decoded image
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:

@@ -21,9 +21,10 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from .csvio import parse_floats
 from .errors import ImcError
 from .log import logger
-from .metrics import (
+from .metric_common import (
     DatasetScore,
     SceneScore,
     ScoreReport,
@@ -118,18 +119,11 @@ def pair_thresholds(thresholds) -> dict[tuple[str, str], tuple[np.ndarray, np.nd
     else:
         raise ImcError(f"thresholds: expected a DataFrame or a dict, got {type(thresholds)}")
     for key, (rot, trans) in items:
-        rot, trans = _floats(rot), _floats(trans)
+        rot, trans = parse_floats(rot, where="thresholds"), parse_floats(trans, where="thresholds")
         if rot.shape != trans.shape:
             raise ImcError(f"thresholds: {key}: rotation and translation lists differ in length")
         out[(str(key[0]), str(key[1]))] = (rot, trans)
     return out
-
-
-def _floats(v) -> np.ndarray:
-    try:
-        return np.array(v.split(";") if isinstance(v, str) else v, dtype=np.float64).reshape(-1)
-    except ValueError:
-        raise ImcError(f"thresholds: {v!r} is not a list of numbers") from None
 
 
 def _scene_accuracy(gt_r, gt_t, r, t, th_r, th_t) -> tuple[list, list[int]]:

@@ -1,8 +1,31 @@
 """The whole run: competition folder -> per-dataset stages -> predictions -> submission.csv.
 
-Each stage writes under `<cache>/<dataset>/<stage>-<hash>/`, the hash covering the stage's
-configuration and everything upstream, so a rerun reuses exactly what is still valid and
-a killed run resumes. A dataset that fails at any stage still gets one row per image.
+Each stage writes under `<cache>/<dataset>/<stage>-<hash>/`, the hash covering the settings
+the stage reads and the key of the stage it reads from, so a rerun reuses exactly what is still
+valid and a killed run resumes. A dataset that fails at any stage still gets one row per image.
+
+What each cached stage's key holds (`STAGE_READS`, `stage_key`); a section name stands for all
+of its settings:
+
+    stage         settings it reads                          reads from
+    orientation   images, orientation, features.model,       the images, the device
+                  features.detection_threshold,
+                  features.nms_radius, matching (LightGlue
+                  matches the rotated copies)
+    features      images, features                           the images, the device, the rotations
+    retrieval     retrieval                                  features
+    matching      matching                                   retrieval (its pairs), features
+    verification  verification (features.resize_long_side   matching
+                  too, which the features key upstream holds)
+
+The images are named by their names, sizes and modification times (`input_signature`); the
+device type (cpu, cuda) is part of every key, since precision follows it. Clustering (which
+reads clustering) and mapping (mapping, runtime) are not cached: they run at every call
+(seconds to minutes) into the run folder.
+
+Every stage is called alike, `<stage>.main(conf, inputs, out_dir)`: `conf` is the whole
+configuration, of which the stage reads the settings above, and `inputs` its module's `Inputs`,
+what it reads besides (upstream files, the dataset, the device, the run's shared models).
 """
 
 from __future__ import annotations
@@ -10,9 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import re
 import resource
 import time
 import traceback
@@ -22,41 +43,114 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
-from . import clustering, mapping, orientation, pairs, retrieval, verification
-from . import features as features_stage
-from . import matching as matching_stage
-from .budget import PROBE_PAIRS, Budget, DatasetPlan, cut_pairs, degrade, max_pairs
-from .cache import atomic_write_text, done_keys, h5_key, pair_key, stage_dir
+from . import poses
+from .budget import Budget, DatasetPlan, MatchingJob, degrade
+from .cache import atomic_write_text, h5_key, safe_name, stage_dir
 from .data import OUTLIERS, Competition, Dataset, Prediction, Predictions
-from .log import logger
+from .log import logger, setup_logging
+from .settings import available_cores
+from .stages import clustering, mapping, orientation, pairs, retrieval, verification
+from .stages import features as features_stage
+from .stages import matching as matching_stage
+from .submission import write_submission
 
 FEW_KEYPOINTS = 16  # fewer cannot give the 15 inliers a pair needs
+
+STAGE_READS: dict[str, tuple[str, ...]] = {
+    "orientation": (
+        "images", "orientation", "features.model", "features.detection_threshold",
+        "features.nms_radius", "matching",
+    ),
+    "features": ("images", "features"),
+    "retrieval": ("retrieval",),
+    "matching": ("matching",),
+    "verification": ("verification",),
+}  # fmt: skip
+
+
+def stage_key(stage: str, conf: dict, upstream) -> list:
+    """The parts a stage's cache folder is keyed by (imc.cache.stage_dir): the stage's name,
+    the settings it reads (STAGE_READS, dotted name -> value) and `upstream` (the key of the
+    stage it reads from, or the inputs)."""
+    settings = {}
+    for name in STAGE_READS[stage]:
+        section, _, key = name.partition(".")
+        if key:
+            settings[name] = conf[section][key]
+        else:
+            settings.update({f"{section}.{k}": v for k, v in conf[section].items()})
+    return [stage, settings, upstream]
+
+
+def stage_keys(conf: dict, source: list, rotations: dict[str, int] | None) -> dict[str, list]:
+    """Every cached stage's key (stage_key), each chained to the stage it reads from.
+
+    source: what names the inputs (input_signature, device type). rotations: the orientation
+    stage's result, which the features read (None before it is known: orientation's key only).
+    """
+    keys = {"orientation": stage_key("orientation", conf, source)}
+    if rotations is None:
+        return keys
+    keys["features"] = stage_key("features", conf, [source, rotations])
+    for stage, before in (
+        ("retrieval", "features"), ("matching", "retrieval"), ("verification", "matching")
+    ):  # fmt: skip
+        keys[stage] = stage_key(stage, conf, keys[before])
+    return keys
 
 
 @dataclass
 class RunStats:
-    """Seconds and peak resident memory (MiB, process-wide so far) per dataset and stage."""
+    """Per dataset and stage: wall seconds, CPU seconds (all threads of this process and of
+    its finished children) and peak resident memory (MiB, process-wide so far)."""
 
     stages: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # dataset -> one-line error
 
     @contextmanager
     def stage(self, dataset: str, name: str):
-        t0 = time.perf_counter()
+        t0, c0, started = time.perf_counter(), cpu_seconds(), time.time()
         try:
             yield
         finally:
-            self.stages.setdefault(dataset, {})[name] = {
-                "seconds": round(time.perf_counter() - t0, 3),
-                "peak_rss_mib": round(peak_rss_mib(), 1),
-            }
+            self.record(dataset, name, time.perf_counter() - t0, cpu_seconds() - c0, started)
+
+    def record(
+        self, dataset: str, name: str, seconds: float, cpu: float, started: float | None = None
+    ) -> None:
+        """One stage's figures; `started`: its start, seconds since the epoch."""
+        self.stages.setdefault(dataset, {})[name] = {
+            "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu, 3),
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+            "started": round(started if started is not None else time.time() - seconds, 3),
+        }
 
     def table(self) -> str:
-        lines = [f"{'dataset':<20} {'stage':<14} {'seconds':>9} {'peak MiB':>9}"]
+        lines = [
+            f"{'dataset':<20} {'stage':<14} {'seconds':>9} {'cpu s':>9} {'cpu %':>6} "
+            f"{'peak MiB':>9}"
+        ]
         for ds, stages in self.stages.items():
             for name, v in stages.items():
-                lines.append(f"{ds:<20} {name:<14} {v['seconds']:>9.1f} {v['peak_rss_mib']:>9.0f}")
+                cpu = v.get("cpu_seconds", 0.0)
+                use = 100 * cpu / v["seconds"] if v["seconds"] > 0 else 0.0
+                lines.append(
+                    f"{ds:<20} {name:<14} {v['seconds']:>9.1f} {cpu:>9.1f} {use:>6.0f} "
+                    f"{v['peak_rss_mib']:>9.0f}"
+                )
         return "\n".join(lines)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process's threads and of its finished children."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -75,22 +169,23 @@ def seed_everything(seed: int) -> None:
     cv2.setRNGSeed(seed)
 
 
-def select_device(runtime: dict):
+def select_device(runtime: dict, workers: int = 1):
+    """The torch device of `runtime.device` ('auto', 'cpu', 'cuda' or 'cuda:K'), and the
+    thread counts of torch and OpenCV: `runtime.num_threads`, or the cores shared among
+    `workers` processes."""
+    import cv2
     import torch
 
     want = runtime["device"]
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want == "cuda" and not torch.cuda.is_available():
+    if want.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA asked for but not available: using the CPU")
         want = "cpu"
-    threads = runtime["num_threads"] or os.cpu_count() or 1
+    threads = runtime["num_threads"] or max(1, available_cores() // workers)
     torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     return torch.device(want)
-
-
-def safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def input_signature(dataset: Dataset) -> list:
@@ -106,7 +201,9 @@ def input_signature(dataset: Dataset) -> list:
 
 
 class Models:
-    """The networks, loaded once per run and shared by every dataset."""
+    """The networks, loaded once per run and shared by every stage and dataset (ALIKED by
+    orientation and features, LightGlue by orientation and matching). ALIKED's keypoint budget
+    and threshold are set per call (imc.stages.features.extract_image)."""
 
     def __init__(self, conf: dict, device):
         self.conf, self.device = conf, device
@@ -124,8 +221,27 @@ class Models:
             self._lightglue = matching_stage.build_model(self.conf["matching"], self.device)
         return self._lightglue
 
-    def match(self, f0: dict, f1: dict):
-        return matching_stage.match_pair(self.lightglue, f0, f1, self.device)
+    def match_many(self, pairs: list[tuple[dict, dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Match feature pairs (imc.stages.features.extract_image dicts) in batches of the size the
+        matching settings and the device give (imc.stages.matching.batch_size)."""
+        if not pairs:
+            return []
+        glue, device = self.lightglue, self.device
+        dtype = next(glue.parameters()).dtype
+        data = [tuple(matching_stage.inputs(f, device, dtype) for f in pair) for pair in pairs]
+        most = max(d["keypoints"].shape[1] for pair in data for d in pair)
+        size = matching_stage.batch_size(self.conf["matching"], device, most, dtype)
+        out = []
+        bar = tqdm(total=len(data), desc="orientation pairs", unit="pair", mininterval=2)
+        for start in range(0, len(data), size):
+            chunk = data[start : start + size]
+            if size > 1:
+                out += matching_stage.match_batch(glue, chunk)
+            else:
+                out.append(matching_stage.match_inputs(glue, *chunk[0]))
+            bar.update(len(chunk))
+        bar.close()
+        return out
 
 
 def run_dataset(
@@ -147,46 +263,47 @@ def run_dataset(
     ds, cache = dataset.name, cache_root / safe_name(dataset.name)
     names = [im.name for im in dataset.images]
     paths = {im.name: im.path for im in dataset.images}
-    exif = conf["images"]["apply_exif_orientation"]
-    up = [input_signature(dataset), conf["images"]]
+    source, device = [input_signature(dataset), models.device.type], models.device
     with stats.stage(ds, "orientation"):
-        d = stage_dir(cache, "orientation", up, conf["orientation"], conf["features"]["model"])
-        rotations = orientation.main(
-            conf["orientation"], conf["features"], names, paths, models.aliked, models.match,
-            d, models.device, exif,
-        )  # fmt: skip
-    up = [up, rotations, conf["features"]]
+        d = stage_dir(cache, "orientation", stage_keys(conf, source, None)["orientation"])
+        inputs = orientation.Inputs(names, paths, lambda: models.aliked, models.match_many, device)
+        rotations = orientation.main(conf, inputs, d)
+    keys = stage_keys(conf, source, rotations)
     with stats.stage(ds, "features"):
-        d = stage_dir(cache, "features", up)
-        feats = features_stage.main(conf["features"], dataset, d, rotations, models.device, exif)
+        d = stage_dir(cache, "features", keys["features"])
+        inputs = features_stage.Inputs(dataset, rotations, device, lambda: models.aliked)
+        feats = features_stage.main(conf, inputs, d)
     seconds = sum(stats.stages[ds][s]["seconds"] for s in ("orientation", "features"))
     budget.observe("image", seconds, len(names), plan.level)
     failed = features_stage.failed_images(feats)
     report_inputs(dataset, feats, failed)
     good = [n for n in names if n not in failed]
     with stats.stage(ds, "pairs"):
-        d = stage_dir(cache, "retrieval", up, conf["retrieval"])
-        glob, pair_list = select_pairs(conf["retrieval"], dataset, feats, good, d, models.device)
-    up = [up, conf["retrieval"], conf["matching"]]
+        d = stage_dir(cache, "retrieval", keys["retrieval"])
+        glob, pair_list = select_pairs(conf, dataset, feats, good, d, device)
     with stats.stage(ds, "matching"):
-        d = stage_dir(cache, "matching", up)
-        matches, pair_list = match_within_budget(
-            conf, pair_list, feats, glob, d, models.device, budget, plan
-        )
-    up = [up, conf["verification"]]
+        d = stage_dir(cache, "matching", keys["matching"])
+        job = matching_job(conf, pair_list, feats, glob, d, models)
+        matches, pair_list = budget.match(plan, job)
     with stats.stage(ds, "verification"):
-        d = stage_dir(cache, "verification", up)
-        verified_path = verification.main(
-            conf["verification"], conf["features"], pair_list, feats, matches, d
-        )
+        d = stage_dir(cache, "verification", keys["verification"])
+        inputs = verification.Inputs(pair_list, feats, matches)
+        verified_path = verification.main(conf, inputs, d)
         verified = verification.load_verified(verified_path, conf["verification"]["min_inliers"])
     with stats.stage(ds, "clustering"):
-        kept = clustering.main(conf["clustering"], good, verified)
+        kept = clustering.main(conf, clustering.Inputs(good, verified), None)
     out = run_dir / safe_name(ds)
     out.mkdir(parents=True, exist_ok=True)
     with stats.stage(ds, "mapping"):
-        mapped = map_within_budget(conf, dataset, good, feats, kept, out, budget, plan)
+        mapped = budget.map(
+            plan,
+            lambda seconds: mapping.main(
+                conf, mapping.Inputs(dataset, good, feats, kept, seconds), out
+            ),
+            mapping.MappingResult,
+        )
     preds = mapped.preds
+    poses.write_poses(dataset, preds, out)  # <run_dir>/<dataset>/poses.csv
     summary = {
         "dataset": ds,
         "images": {n: str(p) for n, p in paths.items()},
@@ -198,51 +315,45 @@ def run_dataset(
         ],
         "clusters": {n: p.cluster for n, p in preds.items()},
         "features": str(feats),
+        "global": str(glob),
         "matches": str(matches),
         "verified": str(verified_path),
         "mapping": mapped.to_dict(),
         "budget": plan.to_dict(),
+        "ran": what_ran(conf, models, glob),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return preds
 
 
-def map_within_budget(
-    conf: dict,
-    dataset: Dataset,
-    names: list[str],
-    feats: Path,
-    kept: dict,
-    out: Path,
-    budget: Budget,
-    plan: DatasetPlan,
-) -> mapping.MappingResult:
-    """Mapping in the dataset's time (imc.budget, point 6); skipped when the run's time is out."""
-    allowance = budget.mapping_allowance(plan)
-    if allowance <= 0:
-        plan.note("no time left for mapping: its images are outliers")
-        return mapping.MappingResult()
-    result = mapping.main(
-        conf["mapping"], conf["runtime"], dataset, names, feats, kept, out, allowance
-    )
-    if result.stopped:
-        plan.note(
-            f"mapping stopped at its time limit ({allowance:.0f} s): "
-            f"{len(result.preds)} of {len(names)} images registered"
-        )
-    return result
+def what_ran(conf: dict, models: Models, global_path: Path) -> dict:
+    """What the dataset's stages actually used: the preset, the device, the retrieval model
+    (DINOv2 and its folder, or the ALIKED fallback), LightGlue's precision and batch size."""
+    with h5py.File(global_path, "r") as f:
+        model, source = str(f.attrs.get("model", "?")), str(f.attrs.get("source", "?"))
+    retrieval_used = f"dinov2 ({source})" if model == "dinov2" else "aliked"
+    if model != "dinov2" and conf["retrieval"]["model"] == "dinov2":
+        retrieval_used += " (fallback: no DINOv2 model found; see $IMC_DINOV2)"
+    dtype = matching_stage.precision(conf["matching"], models.device)
+    return {
+        "preset": conf["runtime"].get("preset"),
+        "device": str(models.device),
+        "retrieval": retrieval_used,
+        "matching_precision": str(dtype).removeprefix("torch."),
+        "matching_batch_size": conf["matching"]["batch_size"] or "auto",
+    }
 
 
 def select_pairs(
     conf: dict, dataset: Dataset, feats: Path, good: list[str], out_dir: Path, device
 ) -> tuple[Path, list[tuple[str, str]]]:
-    """Global descriptors and retrieval pairs (`conf`: the retrieval section), keeping only
-    pairs of readable images. Returns global.h5 and the pairs."""
-    glob = retrieval.main(
-        conf, dataset, out_dir, device, local_descriptors=retrieval.local_descriptors_from_h5(feats)
-    )
+    """Global descriptors and retrieval pairs (`conf`: the whole configuration, of which both
+    stages read the retrieval section), keeping only pairs of readable images. Returns
+    global.h5 and the pairs."""
+    local = retrieval.local_descriptors_from_h5(feats)
+    glob = retrieval.main(conf, retrieval.Inputs(dataset, device, local), out_dir)
     keep = set(good)
-    found = pairs.read_pairs(pairs.main(conf, glob, out_dir))
+    found = pairs.read_pairs(pairs.main(conf, pairs.Inputs(glob), out_dir))
     return glob, [p for p in found if p[0] in keep and p[1] in keep]
 
 
@@ -273,62 +384,35 @@ def report_inputs(dataset: Dataset, features_path: Path, failed: dict[str, str])
             logger.warning("dataset %s: identical image files: %s", dataset.name, ", ".join(same))
 
 
-def _matched(out_dir: Path, pair_list: list[tuple[str, str]] | None = None) -> int:
-    """Pairs done in `<out_dir>/matches.h5` (those of `pair_list` when given)."""
-    path = out_dir / "matches.h5"
-    if not path.is_file():
-        return 0
-    with h5py.File(path, "r") as f:
-        done = done_keys(f)
-    if pair_list is None:
-        return len(done)
-    return sum(pair_key(a, b) in done for a, b in pair_list)
+def matching_job(
+    conf: dict, pair_list: list, feats: Path, global_path: Path, out_dir: Path, models: Models
+) -> MatchingJob:
+    """The matching stage as `Budget.match` drives it (imc.budget, points 4 and 5)."""
 
-
-def match_within_budget(
-    conf: dict,
-    pair_list: list[tuple[str, str]],
-    feats: Path,
-    global_path: Path,
-    out_dir: Path,
-    device,
-    budget: Budget,
-    plan: DatasetPlan,
-) -> tuple[Path, list[tuple[str, str]]]:
-    """Matching in the dataset's time (imc.budget, points 4 and 5): pairs cut to what fits at
-    the measured seconds per pair, matching stopped at the deadline.
-
-    Returns: matches.h5 and the pair list after the cut."""
-    allowance = budget.matching_allowance(plan)
-    if not math.isfinite(allowance):
-        return matching_stage.main(conf["matching"], pair_list, feats, out_dir, device), pair_list
-    deadline = time.monotonic() + allowance
-    done0, t0 = _matched(out_dir), time.perf_counter()
-    if allowance > 0 and budget.rate("pair") is None and len(pair_list) > PROBE_PAIRS:
-        matching_stage.main(conf["matching"], pair_list[:PROBE_PAIRS], feats, out_dir, device)
-        budget.observe("pair", time.perf_counter() - t0, _matched(out_dir) - done0, plan.level)
-    allowance = budget.matching_allowance(plan)
-    per_pair = budget.rate("pair", plan.level)
-    limit = 0 if allowance <= 0 else max_pairs(allowance, per_pair)
-    if limit == 0 and pair_list:
-        plan.note(f"no time left for matching: none of {len(pair_list)} pairs matched")
-        pair_list = []
-    elif limit is not None and limit < len(pair_list):
-        names, desc = retrieval.load_global(global_path)
-        cut, k = cut_pairs(names, desc, conf["retrieval"], limit)
-        plan.note(
-            f"{len(pair_list)} pairs at {per_pair:.2f} s/pair exceed the {allowance:.0f} s left "
-            f"for matching: cut to {len(cut)} pairs ({k} neighbours per image)"
+    def match(todo: list, deadline: float | None) -> Path:
+        inputs = matching_stage.Inputs(
+            todo, feats, models.device, deadline, lambda: models.lightglue
         )
-        pair_list = cut
-    done1, t1 = _matched(out_dir), time.perf_counter()
-    path = matching_stage.main(conf["matching"], pair_list, feats, out_dir, device, deadline)
-    done2 = _matched(out_dir)
-    budget.observe("pair", time.perf_counter() - t1, done2 - done1, plan.level)
-    missing = len(pair_list) - _matched(out_dir, pair_list)
-    if missing:
-        plan.note(f"matching stopped at the deadline: {missing} of {len(pair_list)} pairs left out")
-    return path, pair_list
+        return matching_stage.main(conf, inputs, out_dir)
+
+    def done(of: list | None) -> int:
+        return matching_stage.count_done(out_dir / "matches.h5", of)
+
+    return MatchingJob(
+        pair_list, match, done, lambda: retrieval.load_global(global_path), conf["retrieval"]
+    )
+
+
+def worker_devices(runtime: dict) -> list[str]:
+    """The device of each worker process: `runtime.workers` of them (0: one per visible CUDA
+    device, or one), spread over the CUDA devices when there are any, else on the CPU."""
+    import torch
+
+    cuda = torch.cuda.device_count() if runtime["device"] in ("auto", "cuda") else 0
+    n = runtime["workers"] or max(cuda, 1)
+    if cuda:
+        return [f"cuda:{k % cuda}" for k in range(n)]
+    return ["cpu"] * n
 
 
 def run(
@@ -340,39 +424,106 @@ def run(
     time_budget: float | None = None,
 ) -> tuple[Predictions, RunStats]:
     """Run every dataset; always writes a complete submission (failed or skipped datasets:
-    outliers). `time_budget`: seconds for the whole run (imc.budget); None: no limit."""
-    from .submission import write_submission
+    outliers). `time_budget`: seconds for the whole run (imc.budget); None: no limit.
 
+    With several workers (worker_devices: Kaggle's two T4s, or `runtime.workers`), datasets
+    run in that many processes at once, one device each. A failed dataset's traceback goes to
+    `<run_dir>/errors.log`, a line to the log, and its name to `RunStats.failed`."""
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("configuration: %s", json.dumps(conf, sort_keys=True))
     atomic_write_text(run_dir / "config.json", json.dumps({"config": conf}, indent=2))
-    seed_everything(conf["runtime"]["seed"])
-    device = select_device(conf["runtime"])
-    models, stats = Models(conf, device), RunStats()
+    devices = worker_devices(conf["runtime"])
+    stats, preds = RunStats(), {}
+    jobs = [(ds, conf, cache_root, run_dir) for ds in comp.datasets.values()]
+    parallel = len(devices) > 1 and len(jobs) > 1
+    worker = None if parallel else _Worker(conf["runtime"]["device"], conf["runtime"])
     sizes = {ds.name: len(ds.images) for ds in comp.datasets.values()}
     budget = Budget(math.inf if time_budget is None else time_budget, sizes)
-    preds: Predictions = {}
-    for dataset in comp.datasets.values():
-        logger.info("dataset %s: %d images", dataset.name, len(dataset.images))
-        t0 = time.perf_counter()
-        plan = budget.start(dataset.name, conf)
-        try:
-            result = {}
-            if not plan.skip:
-                ds_conf = degrade(conf, plan.level)
-                result = run_dataset(
-                    dataset, ds_conf, cache_root, run_dir, models, stats, budget, plan
-                )
-        except Exception as e:  # one dataset must not cost the whole submission
-            logger.error("dataset %s failed: %s\n%s", dataset.name, e, traceback.format_exc())
-            result = {}
+    if parallel:
+        results = _run_parallel(jobs, devices, budget)
+    else:
+        results = (worker.dataset(*job, budget) for job in jobs)
+    for dataset, (result, ds_stats, error) in zip(comp.datasets.values(), results):
         for im in dataset.images:
             preds[(dataset.name, im.name)] = result.get(im.name, Prediction(cluster=OUTLIERS))
-        stats.stages.setdefault(dataset.name, {})["total"] = {
-            "seconds": round(time.perf_counter() - t0, 3),
-            "peak_rss_mib": round(peak_rss_mib(), 1),
-        }
+        stats.stages.update(ds_stats)
+        if error:
+            stats.failed[dataset.name] = error
         write_submission(comp, preds, submission_path)  # complete after every dataset
     atomic_write_text(run_dir / "stats.json", json.dumps(stats.stages, indent=2))
     logger.info("time and memory per stage:\n%s", stats.table())
     return preds, stats
+
+
+class _Worker:
+    """Runs datasets on one device with its own models (one per process)."""
+
+    def __init__(self, device: str, runtime: dict, workers: int = 1):
+        self.device = select_device({**runtime, "device": device}, workers)
+        self.models: Models | None = None
+
+    def dataset(self, dataset: Dataset, conf: dict, cache_root: Path, run_dir: Path, budget):
+        """One dataset -> (image name -> Prediction, its stats, one-line error or None)."""
+        plan = budget.start(dataset.name, conf)  # first: its share is of the time left now
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        if self.models is None:
+            self.models = Models(conf, self.device)
+        stats = RunStats()
+        logger.info("dataset %s: %d images on %s", dataset.name, len(dataset.images), self.device)
+        seed_everything(conf["runtime"]["seed"])  # each dataset alike, whatever ran before
+        result, error = {}, None
+        try:
+            if not plan.skip:
+                result = run_dataset(
+                    dataset, degrade(conf, plan.level), cache_root, run_dir, self.models, stats,
+                    budget, plan,
+                )  # fmt: skip
+        except Exception as e:  # one dataset must not cost the whole submission
+            error = f"{type(e).__name__}: {e}".splitlines()[0]
+            with open(run_dir / "errors.log", "a") as f:
+                f.write(f"dataset {dataset.name}:\n{traceback.format_exc()}\n")
+            logger.error("dataset %s failed: %s (traceback in %s)", dataset.name, error,
+                         run_dir / "errors.log")  # fmt: skip
+        stats.record(dataset.name, "total", time.perf_counter() - t0, cpu_seconds() - c0)
+        return result, stats.stages, error
+
+
+_WORKER: _Worker | None = None
+
+
+def _init_worker(devices, runtime: dict, workers: int) -> None:
+    global _WORKER
+    setup_logging()
+    _WORKER = _Worker(devices.get(), runtime, workers)
+
+
+def _in_worker(job, seconds: float):
+    sizes = {job[0].name: len(job[0].images)}
+    return _WORKER.dataset(*job, Budget(seconds, sizes))
+
+
+def _run_parallel(jobs: list, devices: list[str], budget: Budget):
+    """Datasets in `len(devices)` processes; results in the order of `jobs`. Each dataset gets
+    the time left x its share of the images x the number of workers (at most the time left)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Manager().Queue()
+    for d in devices:
+        queue.put(d)
+    total = sum(len(job[0].images) for job in jobs)
+    runtime, n = jobs[0][1]["runtime"], len(devices)
+    with ProcessPoolExecutor(n, ctx, _init_worker, (queue, runtime, n)) as pool:
+        futures = []
+        for job in jobs:
+            part = len(job[0].images) / total * len(devices)
+            seconds = min(budget.remaining(), budget.remaining() * part)
+            futures.append(pool.submit(_in_worker, job, seconds))
+        for job, fut in zip(jobs, futures):
+            try:
+                yield fut.result()
+            except Exception as e:  # the worker process itself died
+                error = f"worker failed: {type(e).__name__}: {e}".splitlines()[0]
+                logger.error("dataset %s: %s", job[0].name, error)
+                yield {}, {}, error

@@ -231,26 +231,66 @@ def view_box(
     return xyz.min(0), xyz.max(0)
 
 
+def cpu_use(stage: dict[str, float]) -> float | None:
+    """CPU seconds per wall second of a stage (1.0: one core busy), None when not recorded."""
+    if "cpu_seconds" not in stage or not stage.get("seconds"):
+        return None
+    return stage["cpu_seconds"] / stage["seconds"]
+
+
+def memory_added(stages: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    """MiB by which each stage raised the process's peak resident memory: its recorded peak
+    (a running maximum over the process) less the previous stage's; None for the first stage,
+    whose peak at its start was not recorded. The `total` entry is left out."""
+    out, before = {}, None
+    for name, v in stages.items():
+        if name == "total" or "peak_rss_mib" not in v:
+            continue
+        peak = v["peak_rss_mib"]
+        out[name] = None if before is None else max(0.0, peak - before)
+        before = peak if before is None else max(before, peak)
+    return out
+
+
 def stage_chart(stages: dict[str, dict[str, float]]) -> bytes:
-    """Seconds and peak resident memory per stage (the `total` entry left out)."""
+    """PNG of stage_figure."""
+    return _png(stage_figure(stages))
+
+
+def stage_figure(stages: dict[str, dict[str, float]]):
+    """Seconds (with CPU use) and the process's peak memory per stage, the part of it that the
+    stage added in dark (the `total` entry left out). Stage names on the shared y axis."""
+    from matplotlib.figure import Figure
+
     names = [s for s in stages if s != "total"]
+    added = memory_added(stages)
     secs = [stages[s].get("seconds", 0.0) for s in names]
-    mem = [stages[s].get("peak_rss_mib", 0.0) for s in names]
-    fig, axes = _figure(10.0, 0.35 * len(names) + 1.2, ncols=2)
-    for ax, values, title, unit in (
-        (axes[0], secs, "time per stage", "s"),
-        (axes[1], mem, "peak memory after stage", "MiB"),
-    ):
-        y = np.arange(len(names))
-        ax.barh(y, values, color="#1f77b4")
-        ax.set_yticks(y, names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(title, fontsize=10)
+    peak = [stages[s].get("peak_rss_mib", 0.0) for s in names]
+    grown = [added.get(s) or 0.0 for s in names]
+    fig = Figure(figsize=(10.0, 0.32 * len(names) + 1.3), dpi=100, layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(names))
+    axes[0].barh(y, secs, color="#1f77b4")
+    axes[1].barh(y, peak, color="#aec7e8")
+    axes[1].barh(y, grown, left=np.subtract(peak, grown), color="#1f77b4")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    for k, s in enumerate(names):
+        use = cpu_use(stages[s])
+        cpu = "" if use is None else f", CPU {100 * use:.0f} %"
+        axes[0].text(secs[k], k, f" {secs[k]:.1f} s{cpu}", va="center", fontsize=7)
+        more = "" if added.get(s) is None else f" (+{grown[k]:.0f})"
+        axes[1].text(peak[k], k, f" {peak[k]:.0f} MiB{more}", va="center", fontsize=7)
+    axes[0].set_title("time per stage\n(CPU: CPU seconds / seconds; 100 % = one core)", fontsize=10)
+    axes[1].set_title(
+        "process peak memory after each stage\n(running maximum; dark: what the stage added)",
+        fontsize=10,
+    )
+    for ax, values, unit in ((axes[0], secs, "seconds"), (axes[1], peak, "MiB")):
         ax.tick_params(axis="x", labelsize=7)
-        for k, v in enumerate(values):
-            ax.text(v, k, f" {v:.1f} {unit}", va="center", fontsize=7)
-        ax.set_xlim(0, max(values + [1e-6]) * 1.3)
-    return _png(fig)
+        ax.set_xlim(0, max(values + [1e-6]) * 1.45)
+        ax.set_xlabel(unit, fontsize=8)
+    return fig
 
 
 def match_picture(
@@ -309,17 +349,34 @@ class ModelView:
     colors: np.ndarray  # [P x 3] uint8
     cluster: str = ""  # the submitted cluster of most of its images
     own: list[bool] = field(default_factory=list)  # per image: submitted in `cluster`
+    rays: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 3)))  # [N x 4 x 3]
+    stats: dict = field(default_factory=dict)  # imc.export.model_stats
 
 
 # Image-down axis of the upright image (rotate(stored, k)) in the stored camera's axes.
 DOWN_OF_ROTATION = {0: (0, 1, 0), 1: (-1, 0, 0), 2: (0, -1, 0), 3: (1, 0, 0)}
+# Outward normals of the stored image's edges (top, right, bottom, left), in pixel axes.
+EDGE_NORMALS = ((0, -1), (1, 0), (0, 1), (-1, 0))
+
+
+def corner_rays(camera, cam_from_world: np.ndarray, k: int) -> np.ndarray:
+    """[4 x 3] world directions to the image's corners at unit depth (pinhole, no distortion),
+    in order around the image starting with the top edge of the upright image (rotate(stored,
+    k)): corners 0 and 1 span the edge that is up in the picture as the report shows it."""
+    w, h = float(camera.width), float(camera.height)
+    px = np.array([[0.0, 0.0, 1.0], [w, 0.0, 1.0], [w, h, 1.0], [0.0, h, 1.0]])
+    cam = px @ np.linalg.inv(camera.calibration_matrix()).T  # z = 1
+    up = tuple(-v for v in DOWN_OF_ROTATION[k % 4][:2])
+    cam = np.roll(cam, -EDGE_NORMALS.index(up), axis=0)
+    return cam @ cam_from_world[:, :3]  # R^T applied to each row
 
 
 def load_models(dataset_dir: Path, summary: dict) -> list[ModelView]:
     """Every `models/<k>/` of a dataset folder, largest first as the mapper ordered them."""
     import pycolmap
 
-    from .mapping import database_names
+    from .export import model_stats
+    from .stages.mapping import database_names
 
     ds = Dataset("", "", [ImageInfo(n, Path(p)) for n, p in summary["images"].items()])
     name_of = {v: k for k, v in database_names(ds)[1].items()}
@@ -331,16 +388,18 @@ def load_models(dataset_dir: Path, summary: dict) -> list[ModelView]:
     views = []
     for d in dirs:
         rec = pycolmap.Reconstruction(str(d))
-        names, centers, fwd, down = [], [], [], []
+        names, centers, fwd, down, rays = [], [], [], [], []
         for image in sorted(rec.images.values(), key=lambda im: im.name):
             if not image.has_pose:
                 continue
             m = image.cam_from_world().matrix()
             name = name_of.get(image.name, image.name)
+            k = rotations.get(name, 0) % 4
             names.append(name)
             centers.append(-m[:, :3].T @ m[:, 3])
             fwd.append(m[2, :3])
-            down.append(m[:, :3].T @ np.array(DOWN_OF_ROTATION[rotations.get(name, 0) % 4]))
+            down.append(m[:, :3].T @ np.array(DOWN_OF_ROTATION[k]))
+            rays.append(corner_rays(rec.cameras[image.camera_id], m, k))
         pts = list(rec.points3D.values())
         label = Counter(clusters.get(n, OUTLIERS) for n in names).most_common(1)
         views.append(
@@ -354,6 +413,8 @@ def load_models(dataset_dir: Path, summary: dict) -> list[ModelView]:
                 colors=np.array([p.color for p in pts], dtype=np.uint8).reshape(-1, 3),
                 cluster=label[0][0] if label else "",
                 own=[clusters.get(n) == (label[0][0] if label else None) for n in names],
+                rays=np.array(rays).reshape(-1, 4, 3),
+                stats=model_stats(rec),
             )
         )
     return views

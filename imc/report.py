@@ -3,8 +3,8 @@
 Everything comes from the run folder (`config.json`, `stats.json`, `run.json` when present, and
 per dataset `summary.json` and `models/<k>/`) plus the cached h5 files the summary names; the
 reference poses and scores need the labelled competition folder (`data_root`). Pictures are
-embedded as base64 (thumbnails and match pictures JPEG, plots PNG): nothing is fetched at view
-time and the page has no script.
+embedded as base64 (thumbnails and match pictures JPEG, plots PNG) and the 3D view of each model
+is an inline script drawing on a canvas (imc.view3d): nothing is fetched at view time.
 
     imc report RUN_DIR [--data-root DIR] [--output HTML]
 """
@@ -15,19 +15,20 @@ import base64
 import html
 import io
 import json
-import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import plots
-from .cache import atomic_write_text, h5_key, pair_key
+from . import diagnosis, plots, view3d
+from .cache import atomic_write_text, safe_name
 from .data import OUTLIERS, Competition, Dataset
+from .errors import ImcError
 from .log import logger
+from .stages.verification import load_verified, pair_counts
 from .submission import read_submission
 
 THUMB = 160  # px, long side of the thumbnails
@@ -46,6 +47,7 @@ figure{margin:0}.thumb{width:168px;font-size:11px;border:3px solid #ccc;padding:
 .match{margin:4px 0;width:49%;font-size:12px}.match img{max-width:100%}
 .note{color:#a33}.muted{color:#777}
 img.plot{max-width:100%}pre{font-size:11px;background:#f6f6f6;padding:6px;overflow:auto}
+canvas.view3d{max-width:100%;border:1px solid #ccc;cursor:grab;touch-action:none;display:block}
 """
 
 
@@ -85,8 +87,6 @@ def _read_json(path: Path, default):
 def load_run(run_dir: Path) -> RunFolder:
     """Read a run folder; datasets: those of run.json, else of stats.json, else every
     subfolder with a summary.json."""
-    from .errors import ImcError
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ImcError(f"{run_dir}: no such run folder")
@@ -101,11 +101,6 @@ def load_run(run_dir: Path) -> RunFolder:
     if not names:
         raise ImcError(f"{run_dir}: no dataset results (no */summary.json, no stats.json)")
     return RunFolder(run_dir, config, stats, meta, names)
-
-
-def safe_name(name: str) -> str:
-    """The dataset's folder name in the run folder (as imc.pipeline names it)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -208,6 +203,8 @@ def write_report(
     for name in run.datasets:
         ref = comp.datasets.get(name) if comp is not None else None
         body.append(dataset_section(run, name, ref, scores, align=score))
+    if any("class='view3d'" in part for part in body):
+        body.append(f"<script>{view3d.SCRIPT}</script>")
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>imc report: {html.escape(run.root.name)}</title><style>{CSS}</style></head>"
@@ -216,7 +213,6 @@ def write_report(
     output = Path(output or run.root / "report.html")
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output, page)
-    os.chmod(output, 0o644)  # a page to share (the temporary file was private)
     logger.info("report: %s (%.1f MB)", output, len(page) / 1e6)
     return output
 
@@ -225,35 +221,36 @@ def write_report(
 
 
 def read_keypoints(features: Path, name: str) -> np.ndarray:
-    with h5py.File(features, "r") as f:
-        return f[h5_key(name)]["keypoints"][()]
+    """[N x 2] float32 stored keypoints of image `name` in a features.h5."""
+    from .stages.features import load_features  # imc.stages.features imports torch
+
+    return load_features(Path(features), name)["keypoints"]
 
 
-def pair_matches(path: Path, a: str, b: str, dataset: str) -> np.ndarray:
-    """[M x 2] `dataset` ('matches' or 'inliers') of pair (a, b) in an h5 file; empty if none."""
-    with h5py.File(path, "r") as f:
-        key = pair_key(a, b)
-        if key in f and dataset in f[key]:
-            return f[key][dataset][()].reshape(-1, 2)
-    return np.zeros((0, 2), np.int64)
+def pair_matches(summary: dict, a: str, b: str, kind: str) -> np.ndarray:
+    """[M x 2] matches of pair (a, b) of kind 'inliers' (the summary's verified.h5) or
+    'matches' (raw, its matches.h5); empty if the file has none."""
+    if kind == "inliers":
+        pair = load_verified(Path(summary["verified"]), pairs=[(a, b)]).get((a, b))
+        return pair["inliers"].reshape(-1, 2) if pair else np.zeros((0, 2), np.int64)
+    from .stages.matching import load_matches  # imc.stages.matching imports torch
+
+    try:
+        return load_matches(Path(summary["matches"]), a, b)[0].reshape(-1, 2)
+    except ImcError:
+        return np.zeros((0, 2), np.int64)
 
 
 def rejected_pairs(summary: dict) -> list[tuple[str, str, int, int]]:
     """Retrieval pairs not verified: (a, b, raw matches, inliers), most raw matches first."""
     verified = {(a, b) for a, b, *_ in summary.get("verified_pairs", [])}
-    out = []
+    pairs = [(a, b) for a, b in summary.get("retrieval_pairs", []) if (a, b) not in verified]
     try:
-        with h5py.File(summary["verified"], "r") as f:
-            for a, b in summary.get("retrieval_pairs", []):
-                if (a, b) in verified:
-                    continue
-                key = pair_key(a, b)
-                attrs = f[key].attrs if key in f else {}
-                out.append(
-                    (a, b, int(attrs.get("num_matches", 0)), int(attrs.get("num_inliers", 0)))
-                )
+        counts = pair_counts(Path(summary["verified"]), pairs)
     except OSError as e:
         logger.warning("report: %s", e)
+        return []
+    out = [(a, b, *counts.get((a, b), (0, 0))) for a, b in pairs]
     return sorted(out, key=lambda r: -r[2])
 
 
@@ -329,6 +326,7 @@ def dataset_section(
         f"{len(summary.get('retrieval_pairs', []))} retrieval pairs, "
         f"{len(summary.get('verified_pairs', []))} verified{_cameras_text(summary)}.</p>"
     )
+    out.append(ran_html(summary))
     for note in (summary.get("budget") or {}).get("decisions", []):
         out.append(f"<p class='note'>time budget: {html.escape(note)}</p>")
     if scores and ref is not None:
@@ -337,15 +335,36 @@ def dataset_section(
             for r in scores.get("datasets", [])
             if isinstance(r, dict) and r.get("dataset") in (ref.dataset, ref.name)
         ]
-        for r in rows:
-            out.append("<h3>Score</h3>" + _table(list(_scalars(r)), [list(_scalars(r).values())]))
+        for r in rows:  # the dataset's row is in the run's score table at the top
+            figures = ", ".join(
+                f"{k} {_fmt(r[k])}" for k in ("score", "mAA", "clusterness") if k in r
+            )
+            out.append(f"<h3>Score: {html.escape(figures)}</h3>")
             out.append(scenes_table(r.get("scenes") or []))
+    out.append(diagnosis_html(summary))
     apply_exif = bool(run.config.get("images", {}).get("apply_exif_orientation", False))
     for part in (thumbnails_html, pair_graph_html, matches_html):
         out.append(_guarded(part, summary, ref, apply_exif))
     out.append(_guarded(cameras_html, summary, ref if align else None, folder))
     out.append(timing_html(run.stats.get(name)))
     return "".join(out) + "</section>"
+
+
+def diagnosis_html(summary: dict) -> str:
+    """The error analysis of a scored run (imc.diagnosis): how many images each likely cause
+    accounts for, then every image that does not pass all the scored thresholds."""
+    rows = summary.get("diagnosis")
+    if not rows:
+        return ""
+    text = ", ".join(f"{html.escape(k)} {v}" for k, v in diagnosis.causes(rows).items())
+    lost = [
+        [r["image"], r["scene"], r["cluster"], "-" if r["error"] is None else f"{r['error']:.4g}",
+         "-" if r["passed"] is None else f"{r['passed']} of {r['thresholds']}", r["cause"]]
+        for r in rows if r["cause"] != "ok"
+    ]  # fmt: skip
+    head = ["image", "scene", "cluster", "error (scene units)", "thresholds passed", "likely cause"]
+    table = _table(head, lost) if lost else "<p>Every image passes every scored threshold.</p>"
+    return f"<h3>Error analysis</h3><p>Images per likely cause: {text}.</p>{table}"
 
 
 def scenes_table(scenes: list[dict]) -> str:
@@ -441,8 +460,7 @@ def matches_html(summary: dict, ref: Dataset | None, apply_exif: bool) -> str:
 
     out = ["<h3>Matches</h3><div class='grid'>"]
     for kind, a, b, caption in match_choices(summary):
-        h5 = summary["verified"] if kind == "inliers" else summary["matches"]
-        m = pair_matches(Path(h5), a, b, kind)
+        m = pair_matches(summary, a, b, kind)
         k0, k1 = read_keypoints(summary["features"], a), read_keypoints(summary["features"], b)
         im0 = read_image(summary["images"][a], apply_exif)
         im1 = read_image(summary["images"][b], apply_exif)
@@ -459,64 +477,133 @@ def matches_html(summary: dict, ref: Dataset | None, apply_exif: bool) -> str:
 
 
 def cameras_html(summary: dict, ref: Dataset | None, folder: Path) -> str:
-    """Top and side views per model; reference centres and errors when labels exist."""
+    """The models' figures, then per model its 3D view, top and side views; reference centres
+    and errors when labels exist."""
     out = ["<h3>Cameras and points</h3>"]
     views = plots.load_models(folder, summary)
     if not views:
-        out.append("<p class='muted'>No reconstructed model.</p>")
+        return "".join(out) + "<p class='muted'>No reconstructed model.</p>"
+    out.append(models_table(views))
     for view in views:
-        al = None
-        if ref is not None and len(view.names) > ALIGN_MAX_CAMERAS:
-            out.append(f"<p class='muted'>Reference alignment skipped for model {view.index}: "
-                       f"{len(view.names)} cameras (the metric's exhaustive registration takes "
-                       f"minutes beyond {ALIGN_MAX_CAMERAS}).</p>")  # fmt: skip
-        elif ref is not None:
-            al = plots.align_reference(view, ref)
-        png = plots.camera_views(
-            view.centers,
-            view.forwards,
-            view.downs,
-            view.points,
-            view.colors,
-            None if al is None else al.reference,
-            None if al is None else al.error < al.threshold,
-        )
-        label = view.cluster
-        if label == OUTLIERS:
-            label = "not submitted: its images are outliers or in a larger model"
-        out.append(
-            f"<h4>model {view.index} ({html.escape(label)}): {len(view.names)} "
-            f"cameras, {len(view.points)} points</h4>"
-        )
-        if al is not None:
-            within = int((al.error < al.threshold).sum())
-            out.append(
-                f"<p>Reference centres of scene {html.escape(str(al.scene))} (black circles) "
-                f"after the metric's registration at threshold {al.threshold:.3g}: {within} of "
-                f"{int(np.isfinite(al.error).sum())} cameras within it (green lines; red: "
-                "outside).</p>"
-            )
-        out.append(_img(png, "image/png", f"cameras of model {view.index}"))
-        out.append(
-            "<p class='muted'>Red: camera centres and viewing directions; points in "
-            "their colour; 'up' is the mean up axis of the upright images.</p>"
-        )
-        if al is not None:
-            rows = [
-                [n, al.error[i], f"{al.passed[i]} / {len(al.thresholds)}"]
-                for i, n in enumerate(view.names)
-            ]
-            out.append(
-                "<details><summary>error per camera</summary>"
-                + _table(["image", "error", "thresholds passed"], rows)
-                + "</details>"
-            )
+        try:
+            out.append(model_html(view, ref))
+        except Exception as e:  # one model that cannot be drawn leaves the others
+            logger.warning("report: model %s of %s: %s", view.index, folder, e)
+            out.append(f"<p class='note'>model {view.index}: {html.escape(str(e))}</p>")
     return "".join(out)
 
 
+def models_table(views: list[plots.ModelView]) -> str:
+    """Per model: its cluster and imc.export.model_stats."""
+    rows = []
+    for v in views:
+        st = v.stats
+        rows.append([v.index, _cluster_label(v.cluster), st.get("registered_images", len(v.names)),
+                     st.get("points3D", len(v.points)), _or_dash(st.get("mean_track_length")),
+                     _or_dash(st.get("mean_reprojection_error_px"))])  # fmt: skip
+    header = ["model", "cluster", "registered images", "3D points", "mean track length",
+              "mean reprojection error (px)"]  # fmt: skip
+    return _table(header, rows)
+
+
+def _or_dash(v):
+    return "–" if v is None else v
+
+
+def _cluster_label(cluster: str) -> str:
+    if cluster == OUTLIERS:
+        return "not submitted: its images are outliers or in a larger model"
+    return cluster
+
+
+def model_html(view: plots.ModelView, ref: Dataset | None) -> str:
+    """One model: heading, the reference alignment, 3D view, top and side views, errors."""
+    out, al = [], None
+    if ref is not None and len(view.names) > ALIGN_MAX_CAMERAS:
+        out.append(f"<p class='muted'>Reference alignment skipped for model {view.index}: "
+                   f"{len(view.names)} cameras (the metric's exhaustive registration takes "
+                   f"minutes beyond {ALIGN_MAX_CAMERAS}).</p>")  # fmt: skip
+    elif ref is not None:
+        al = plots.align_reference(view, ref)
+    reference = None if al is None else al.reference
+    good = None if al is None else al.error < al.threshold
+    out.insert(0, f"<h4>model {view.index} ({html.escape(_cluster_label(view.cluster))}): "
+                  f"{len(view.names)} cameras, {len(view.points)} points</h4>")  # fmt: skip
+    if al is not None:
+        out.append(
+            f"<p>Reference centres of scene {html.escape(str(al.scene))} (black circles) "
+            f"after the metric's registration at threshold {al.threshold:.3g}: "
+            f"{int(good.sum())} of {int(np.isfinite(al.error).sum())} cameras within it "
+            "(green lines; red: outside).</p>"
+        )
+    out.append(view3d.canvas_html(view, reference, good))
+    png = plots.camera_views(
+        view.centers, view.forwards, view.downs, view.points, view.colors, reference, good
+    )
+    out.append(_img(png, "image/png", f"cameras of model {view.index}"))
+    out.append(
+        "<p class='muted'>Top and side views. Red: camera centres and viewing directions; "
+        "points in their colour; 'up' is the mean up axis of the upright images.</p>"
+    )
+    if al is not None:
+        out.append(errors_html(view, al))
+    return "".join(out)
+
+
+def errors_html(view: plots.ModelView, al: plots.Alignment) -> str:
+    """The folded table of each camera's distance to its aligned reference centre."""
+    thresholds = " / ".join(f"{t:.3g}" for t in al.thresholds)
+    rows = [[n, al.error[i], f"{al.passed[i]} / {len(al.thresholds)}"]
+            for i, n in enumerate(view.names)]  # fmt: skip
+    return (
+        "<details><summary>error per camera</summary><p class='muted'>Distance from the "
+        "camera centre to its reference centre after the registration, in the units of the "
+        f"reference poses (those of scene {html.escape(str(al.scene))}'s thresholds: "
+        f"{thresholds}).</p>"
+        + _table(["image", "error (reference units)", "thresholds passed"], rows)
+        + "</details>"
+    )
+
+
 def timing_html(stages: dict | None) -> str:
+    """Per stage: wall and CPU seconds, CPU use, the process's peak memory and what the stage
+    added to it (plots.memory_added), then the chart."""
     if not stages:
         return "<h3>Time and memory</h3><p class='muted'>No stats recorded.</p>"
-    rows = [[s, v.get("seconds", 0.0), v.get("peak_rss_mib", 0.0)] for s, v in stages.items()]
+    added = plots.memory_added(stages)
+    rows = []
+    for name, v in stages.items():
+        use = plots.cpu_use(v)
+        start = v.get("started")
+        rows.append([
+            name,
+            "" if start is None else time.strftime("%H:%M:%S", time.localtime(start)),
+            v.get("seconds", 0.0),
+            v.get("cpu_seconds", ""),
+            "" if use is None else f"{100 * use:.0f} %",
+            v.get("peak_rss_mib", 0.0),
+            "" if added.get(name) is None else added[name],
+        ])  # fmt: skip
+    header = ["stage", "started", "seconds", "CPU seconds", "CPU use", "process peak MiB",
+              "MiB added by the stage"]  # fmt: skip
     chart = _img(plots.stage_chart(stages), "image/png", "time per stage")
-    return "<h3>Time and memory</h3>" + _table(["stage", "seconds", "peak MiB"], rows) + chart
+    note = (
+        "<p class='muted'>CPU use: CPU seconds (all threads) per second of wall time; 100 % is "
+        "one core busy. Peak memory is the process's running maximum (it never goes down); "
+        "the last column is how much the stage raised it.</p>"
+    )
+    return "<h3>Time and memory</h3>" + _table(header, rows) + note + chart
+
+
+def ran_html(summary: dict) -> str:
+    """The summary's `ran` record (preset, device, retrieval, LightGlue's precision and batch
+    size) in one line; a retrieval fallback stands out as a note."""
+    ran = summary.get("ran")
+    if not isinstance(ran, dict) or not ran:
+        return ""
+    parts = []
+    for key, value in ran.items():
+        value = "default" if value is None else str(value)
+        cls = " class='note'" if "fallback" in value else ""
+        parts.append(f"{html.escape(key.replace('_', ' '))} <b{cls}>{html.escape(value)}</b>")
+    return f"<p>What ran: {' · '.join(parts)}.</p>"

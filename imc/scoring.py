@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from . import formats, metrics
+from . import formats, metrics, metrics2023
 from .data import Competition
 from .errors import ImcError
 
@@ -19,7 +19,7 @@ def score(comp: Competition, submission: pd.DataFrame):
         return metrics.score_imc2025(labels, submission, thresholds)
     if comp.year == 2024:
         return metrics.score_imc2024(labels, submission, thresholds)
-    return metrics.score_imc2023(labels, submission, thresholds)
+    return metrics2023.score_imc2023(labels, submission, thresholds)
 
 
 def summary(report) -> str:

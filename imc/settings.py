@@ -14,6 +14,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which containers set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def kaggle_input() -> Path:
     return Path(os.environ.get("IMC_KAGGLE_INPUT", "/kaggle/input"))
 

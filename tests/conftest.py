@@ -18,3 +18,11 @@ def bench_root() -> Path:
     if not (BENCH / "train_labels.csv").is_file():
         pytest.skip(f"imc-bench not found at {BENCH} (set IMC_BENCH)")
     return BENCH
+
+
+@pytest.fixture(autouse=True)
+def _no_automatic_gpu_preset(monkeypatch):
+    """On a machine with CUDA, `config.resolve()` without a preset applies the gpu preset;
+    the tests check the defaults, so they see no CUDA there (tests/test_config.py tests the
+    choice itself)."""
+    monkeypatch.setattr("imc.config.cuda_available", lambda: False)

@@ -8,9 +8,10 @@ import cv2
 import h5py
 import numpy as np
 
-from imc import config, mapping
+from imc import config
 from imc.cache import h5_key
 from imc.data import Dataset, ImageInfo
+from imc.stages import mapping
 
 
 def look_at(center: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -114,8 +115,8 @@ def map_scene(
     conf: dict | None = None,
     max_seconds: float | None = None,
 ) -> mapping.MappingResult:
-    """imc.mapping.main on the scene's true matches; `conf`: the whole configuration (default:
-    config.DEFAULTS)."""
+    """imc.stages.mapping.main on the scene's true matches; `conf`: the whole configuration
+    (default: config.DEFAULTS)."""
     conf = conf or config.DEFAULTS
     pairs = verified_pairs(scene, names)
-    return mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, pairs, out, max_seconds)
+    return mapping.main(conf, mapping.Inputs(ds, names, feats, pairs, max_seconds), out)

@@ -116,8 +116,8 @@ def run(tmp_path_factory, bench_root):
     _competition(tmp / "comp", bench_root)
     comp = formats.read_competition(tmp / "comp", split="test")
     # pycolmap's 4 px observation filter: at 512 keypoints the default 2.3 px
-    # (imc.mapping.INCREMENTAL_DEFAULTS, tuned for full-size runs) leaves a view of this small
-    # scene out; these tests are about the inputs, not that setting
+    # (imc.colmap_options.INCREMENTAL_DEFAULTS, tuned for full-size runs) leaves a view of this
+    # small scene out; these tests are about the inputs, not that setting
     overrides = [
         "features.max_keypoints=512",
         "orientation.num_neighbors=1",

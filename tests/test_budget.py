@@ -18,6 +18,7 @@ from imc import budget as B
 from imc import config, formats, pipeline
 from imc.data import OUTLIERS
 from imc.log import logger
+from imc.stages import mapping
 from imc.submission import check_submission, read_submission
 
 
@@ -74,13 +75,17 @@ def test_mapping_stops_at_the_end_of_the_share(tmp_path):
     plan = B.DatasetPlan("toy", 24, share=5, start=-4)
     conf = config.resolve()
     pairs = verified_pairs(scene, names)
-    result = pipeline.map_within_budget(conf, ds, names, feats, pairs, tmp_path, budget, plan)
+
+    def map_toy(seconds: float) -> mapping.MappingResult:
+        return mapping.main(conf, mapping.Inputs(ds, names, feats, pairs, seconds), tmp_path)
+
+    result = budget.map(plan, map_toy, mapping.MappingResult)
     assert result.stopped and 0 < len(result.preds) < 24
     assert plan.decisions == [
         f"mapping stopped at its time limit (1 s): {len(result.preds)} of 24 images registered"
     ]
     clock.t = 1e6  # the run's time is spent: no mapping at all
-    result = pipeline.map_within_budget(conf, ds, names, feats, pairs, tmp_path, budget, plan)
+    result = budget.map(plan, map_toy, mapping.MappingResult)
     assert result.preds == {} and "no time left for mapping" in plan.decisions[-1]
 
 

@@ -39,3 +39,21 @@ def test_unreadable_partial_is_discarded(tmp_path):
 def test_pair_keys_escape_folders():
     assert cache.pair_key("x/a.png", "b.png") == "x-SL-a.png/b.png"
     assert cache.h5_name(cache.h5_key("d/s/images/1.png")) == "d/s/images/1.png"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_write_has_the_mode_of_any_other_file(tmp_path, umask):
+    """Not mkstemp's 0600: 0o666 less the umask, as open() gives a file written in place."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        cache.atomic_write_text(tmp_path / "a.json", "{}")
+        (tmp_path / "b.txt").write_text("plain open()")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.json").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode)
+    assert (tmp_path / "a.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.txt"]  # no temporary

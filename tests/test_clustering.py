@@ -1,10 +1,16 @@
 import numpy as np
 
-from imc import clustering
+from imc import config
+from imc.stages import clustering
 
 
 def _verified(edges):
     return {(f"{a}", f"{b}"): {"inliers": np.zeros((w, 2), np.int32)} for a, b, w in edges}
+
+
+def _whole(conf: dict) -> dict:
+    """The whole configuration with `conf` as its clustering section."""
+    return {**config.DEFAULTS, "clustering": conf}
 
 
 def test_two_dense_groups_with_weak_links_are_cut():
@@ -18,9 +24,9 @@ def test_two_dense_groups_with_weak_links_are_cut():
     edges += [(0, 10, 43), (3, 15, 40), (5, 12, 30)]  # look-alike false pairs
     names = [str(i) for i in range(19)]
     kept = clustering.main(
-        {"enabled": True, "max_cut_ratio": 0.05, "max_cross_ratio": 0.5, "min_size": 3},
-        names,
-        _verified(edges),
+        _whole({"enabled": True, "max_cut_ratio": 0.05, "max_cross_ratio": 0.5, "min_size": 3}),
+        clustering.Inputs(names, _verified(edges)),
+        None,
     )
     assert ("0", "10") not in kept and ("3", "15") not in kept
     assert len(kept) == len(edges) - 3
@@ -31,18 +37,19 @@ def test_a_ring_is_not_cut():
     edges = [(i, (i + d) % n, 1000 // d) for i in range(n) for d in range(1, 4)]
     edges = [(min(a, b), max(a, b), w) for a, b, w in edges]
     kept = clustering.main(
-        {"enabled": True, "max_cut_ratio": 0.05, "max_cross_ratio": 0.5, "min_size": 3},
-        [str(i) for i in range(n)],
-        _verified(edges),
+        _whole({"enabled": True, "max_cut_ratio": 0.05, "max_cross_ratio": 0.5, "min_size": 3}),
+        clustering.Inputs([str(i) for i in range(n)], _verified(edges)),
+        None,
     )
     assert len(kept) == len(edges)
 
 
 def test_disabled_and_empty_cases():
     conf = {"enabled": True, "max_cut_ratio": 0.05, "max_cross_ratio": 0.5, "min_size": 3}
-    assert clustering.main(conf, ["a"], {}) == {}
+    assert clustering.main(_whole(conf), clustering.Inputs(["a"], {})) == {}
     v = _verified([(0, 1, 50)])
-    assert clustering.main({**conf, "enabled": False}, ["0", "1"], v) is v
+    off = _whole({**conf, "enabled": False})
+    assert clustering.main(off, clustering.Inputs(["0", "1"], v)) is v
 
 
 def test_a_sparse_weak_ring_is_not_cut_by_conductance_alone():
@@ -59,4 +66,5 @@ def test_a_sparse_weak_ring_is_not_cut_by_conductance_alone():
     assert phi < 0.05  # conductance alone would cut it
     assert clustering.cross_ratio(w, side) > 0.5
     conf = {"enabled": True, "max_cut_ratio": 0.05, "max_cross_ratio": 0.5, "min_size": 3}
-    assert len(clustering.main(conf, names, _verified(edges))) == len(edges)
+    kept = clustering.main(_whole(conf), clustering.Inputs(names, _verified(edges)), None)
+    assert len(kept) == len(edges)

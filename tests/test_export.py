@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +13,13 @@ import pytest
 from synthetic import make_scene, map_scene, toy_dataset
 
 from imc.errors import ImcError
-from imc.export import camera_intrinsics, pose_from_transform, transform_from_pose
+from imc.export import (
+    camera_intrinsics,
+    link_images,
+    model_stats,
+    pose_from_transform,
+    transform_from_pose,
+)
 
 RGB = (200, 30, 60)  # every synthetic image is this colour: every point must be too
 
@@ -62,7 +70,7 @@ def test_intrinsics_per_camera_model():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The synthetic scene mapped by imc.mapping (which calls the exporter); images in a
+    """The synthetic scene mapped by imc.stages.mapping (which calls the exporter); images in a
     sub-folder so that the relative image paths have to climb out of the model folder."""
     tmp = tmp_path_factory.mktemp("export")
     scene = make_scene(n_cams=6, noise=0.2)
@@ -94,8 +102,7 @@ def test_transforms_round_trip(exported):
     assert len(meta["frames"]) == model.num_reg_images() == 6
     by_name = {im.name: im for im in model.images.values()}
     for frame in meta["frames"]:
-        assert not frame["file_path"].startswith("/")
-        assert frame["file_path"].startswith("../../../data/images/")
+        assert frame["file_path"] == f"images/{Path(frame['file_path']).name}"
         image_path = (d / frame["file_path"]).resolve()
         assert image_path in {p.resolve() for p in paths}
         image = by_name[image_path.name]
@@ -147,3 +154,60 @@ def test_text_model_equals_binary(exported):
     for image_id, image in binary.images.items():
         other = text.images[image_id].cam_from_world().matrix()
         assert np.abs(other - image.cam_from_world().matrix()).max() < 1e-9
+
+
+def test_transforms_survive_moving_the_run_folder(exported, tmp_path):
+    """Every file_path still resolves to its image after the model folder moves elsewhere."""
+    d, paths = exported
+    moved = tmp_path / "elsewhere" / "run" / "models" / "0"
+    moved.parent.mkdir(parents=True)
+    shutil.copytree(d, moved, symlinks=True)  # as `mv` would: the links themselves
+    meta = json.loads((moved / "transforms.json").read_text())
+    assert len(meta["frames"]) == 6
+    originals = {p.name: p.read_bytes() for p in paths}
+    for frame in meta["frames"]:
+        path = moved / frame["file_path"]
+        assert path.is_symlink() and path.is_file()
+        assert path.read_bytes() == originals[path.name]
+    assert (moved / meta["ply_file_path"]).is_file()
+
+
+def test_link_images_keeps_folders_and_replaces_old_links(tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    for name in ("a/x.png", "y.png"):
+        (tmp_path / "data" / name).write_bytes(name.encode())
+    out = tmp_path / "model"
+    out.mkdir()
+    assert link_images(["a/x.png"], tmp_path / "data", out) == ["images/a/x.png"]
+    assert link_images(["y.png"], tmp_path / "data", out) == ["images/y.png"]
+    assert not (out / "images" / "a").exists()  # the earlier export's links are gone
+    assert (tmp_path / "data" / "a" / "x.png").read_bytes() == b"a/x.png"  # not their targets
+    assert (out / "images" / "y.png").read_bytes() == b"y.png"
+
+
+def test_model_stats(exported):
+    d, _ = exported
+    model = pycolmap.Reconstruction(str(d))
+    stats = model_stats(model)
+    assert list(stats) == [
+        "registered_images",
+        "points3D",
+        "mean_track_length",
+        "mean_reprojection_error_px",
+    ]
+    assert stats["registered_images"] == 6 and stats["points3D"] == model.num_points3D() > 100
+    observations = sum(p.track.length() for p in model.points3D.values())
+    assert stats["mean_track_length"] == pytest.approx(observations / stats["points3D"], abs=1e-3)
+    assert 2 <= stats["mean_track_length"] <= 6
+    assert 0 < stats["mean_reprojection_error_px"] < 2  # the synthetic noise: 0.2 px
+    json.dumps(stats)  # ready for summary.json
+
+
+def test_model_stats_of_a_model_without_points():
+    stats = model_stats(pycolmap.Reconstruction())
+    assert stats == {
+        "registered_images": 0,
+        "points3D": 0,
+        "mean_track_length": None,
+        "mean_reprojection_error_px": None,
+    }

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from imc import features
+from imc import config
 from imc.cache import h5_key
 from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.images import read_image
 from imc.settings import weights_dirs
+from imc.stages import features
 
 CONF = {
     "model": "aliked-n16",
@@ -22,6 +23,7 @@ CONF = {
     "detection_threshold": 0.2,
     "nms_radius": 2,
 }
+WHOLE = {**config.DEFAULTS, "features": CONF}  # the whole configuration, as the stage takes it
 needs_weights = pytest.mark.skipif(
     not any((d / "aliked-n16.pth").is_file() for d in weights_dirs()),
     reason="aliked-n16.pth absent: run `make weights` (python -m imc.weights fetch)",
@@ -187,18 +189,18 @@ def test_stage_writes_resumes_and_records_failures(model, temple, temple_feats, 
     try:
         crash = True
         with pytest.raises(KeyboardInterrupt):
-            features.main(CONF, ds, tmp_path)
+            features.main(WHOLE, features.Inputs(ds), tmp_path)
         assert not (tmp_path / "features.h5").exists()
         assert (tmp_path / "features.h5.partial").exists()
         crash = False
         with caplog.at_level("WARNING", logger="imc"):
-            out = features.main(CONF, ds, tmp_path, rotations={"templeR0002.png": 0})
+            out = features.main(WHOLE, features.Inputs(ds, {"templeR0002.png": 0}), tmp_path)
         assert out == tmp_path / "features.h5" and out.exists()
         assert len(calls) == 3  # the crashed image again; the first was kept
         assert "broken.png" in caplog.text
-        features.main(CONF, ds, tmp_path)  # all done: no work
+        features.main(WHOLE, features.Inputs(ds), tmp_path)  # all done: no work
         assert len(calls) == 3
-        features.main(CONF, ds, tmp_path, rotations={"sub/templeR0001.png": 2})
+        features.main(WHOLE, features.Inputs(ds, {"sub/templeR0001.png": 2}), tmp_path)
         assert calls[3:] == [2]  # a changed rotation is redone
     finally:
         mp.undo()

@@ -133,8 +133,13 @@ def test_bench_is_read_as_2025_train(bench_root: Path) -> None:
     assert formats.detect_year(bench_root) == 2025
     comp = formats.read_competition(bench_root)  # no test/: the train split
     assert (comp.year, comp.split) == (2025, "train")
+    labels = pd.read_csv(bench_root / "train_labels.csv")
     counts = {k: len(d.images) for k, d in comp.datasets.items()}
-    assert counts == {"ETs": 22, "templeRing": 47, "dinoSparseRing": 16, "fountain": 11}
+    assert counts == labels.groupby("dataset", sort=False).size().to_dict()  # in file order
+    assert {"ETs", "templeRing", "dinoSparseRing", "fountain"} <= set(counts)  # SOURCES.md
+    for name, ds in comp.datasets.items():
+        scenes = labels[(labels.dataset == name) & (labels.scene != OUTLIERS)].scene
+        assert ds.reference_scenes() == list(dict.fromkeys(scenes))
     ets = comp.datasets["ETs"]
     scenes = [im.scene for im in ets.images]
     assert {s: scenes.count(s) for s in set(scenes)} == {"ET": 9, "another_ET": 10, OUTLIERS: 3}
@@ -166,7 +171,9 @@ def test_bench_submission_round_trip(bench_root: Path, tmp_path: Path) -> None:
         if p.registered:  # shortest round-trip formatting: exact, not just close
             np.testing.assert_array_equal(back[key].R, p.R)
             np.testing.assert_array_equal(back[key].t, p.t)
-    assert sum(p.registered for p in back.values()) == 96 - 3
+    labels = pd.read_csv(bench_root / "train_labels.csv")
+    assert sum(p.registered for p in back.values()) == (labels.scene != OUTLIERS).sum()
+    assert len(frame) == len(labels)
 
 
 def test_missing_and_unregistered_predictions(bench_root: Path) -> None:
@@ -342,6 +349,18 @@ def test_detect_by_folder_depth(tmp_path: Path, year: int, files: list[str]) -> 
     assert [Path(im.name).name for im in first.images] == ["a.png", "z.png"]
 
 
+def test_parse_floats_reads_strings_and_sequences() -> None:
+    """The one parser of ';'-separated numbers (CSV cells, the metrics' thresholds)."""
+    np.testing.assert_array_equal(formats.parse_floats("1; 2.5;nan", 3), [1, 2.5, np.nan])
+    np.testing.assert_array_equal(formats.parse_floats([[1, 2], [3, 4]]), [1, 2, 3, 4])
+    with pytest.raises(ImcError, match="row 2: cannot parse '1;x'"):
+        formats.parse_floats("1;x", where="row 2")
+    with pytest.raises(ImcError, match="expected 3 values, got 2"):
+        formats.parse_floats("1;2", 3)
+    with pytest.raises(ImcError, match="cannot parse 'None'"):
+        formats.parse_floats(None)
+
+
 def test_floats_round_trip_exactly() -> None:
     x = np.random.default_rng(1).normal(size=600) * 10.0 ** np.arange(-300, 300)
     np.testing.assert_array_equal(formats.parse_floats(formats.format_floats(x), 600), x)
@@ -357,7 +376,7 @@ def test_missing_root_and_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImcError) as e:
         formats.read_competition(tmp_path / "empty")
-    _one_line_error(e, str(tmp_path / "empty"), "not an IMC")
+    _one_line_error(e, str(tmp_path / "empty"), "empty folder", "IMC2023/2024/2025")
 
 
 def test_labels_and_disk_disagree(root2025: Path) -> None:

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 from synthetic import make_scene, map_scene, toy_dataset, verified_pairs
 
-from imc import config, mapping
+from imc import colmap_options, config
 from imc.errors import ImcError
+from imc.stages import global_mapping, mapping
 
 
 def _centres(poses):
@@ -30,14 +31,21 @@ def test_mapping_recovers_the_synthetic_cameras(tmp_path):
     scene = make_scene(n_cams=6, noise=0.2)
     names = [f"im{i}.png" for i in range(6)]
     ds, feats = toy_dataset(scene, names, tmp_path)
-    preds = map_scene(scene, names, ds, feats, tmp_path / "out").preds
+    result = map_scene(scene, names, ds, feats, tmp_path / "out")
+    preds = result.preds
     assert set(preds) == set(names)
     assert {p.cluster for p in preds.values()} == {"cluster0"}
+    (stats,) = result.to_dict()["models"]  # one model, its statistics for summary.json
+    assert stats["registered_images"] == 6 and stats["points3D"] > 100
+    assert stats["mean_track_length"] >= 2 and 0 < stats["mean_reprojection_error_px"] < 1.5
     est = _centres([(preds[n].R, preds[n].t) for n in names])
     ref = _centres(scene["poses"])
     assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
     assert (tmp_path / "out" / "models" / "0" / "points.ply").is_file()
     assert (tmp_path / "out" / "models" / "0" / "cameras.bin").is_file()
+    log = tmp_path / "out" / "colmap.log"  # COLMAP's own log, under the name the README gives
+    assert "Registering image" in log.read_text() or "register" in log.read_text().lower()
+    assert not list((tmp_path / "out").glob("colmap.log.*"))
 
 
 def test_mapping_is_deterministic(tmp_path):
@@ -55,11 +63,11 @@ def test_no_pairs_means_no_model(tmp_path):
     names = ["a.png", "b.png"]
     ds, feats = toy_dataset(scene, names, tmp_path)
     conf = config.DEFAULTS
-    result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, {}, tmp_path / "o")
+    result = mapping.main(conf, mapping.Inputs(ds, names, feats, {}), tmp_path / "o")
     assert result.preds == {} and result.seconds == []
-    bad = config.merge(conf["mapping"], {"camera_mode": "single"})
+    bad = config.merge(conf, {"mapping": {"camera_mode": "single"}})
     with pytest.raises(ImcError, match="camera_mode 'single'.*auto, per_image, shared"):
-        mapping.main(bad, conf["runtime"], ds, names, feats, {}, tmp_path / "o")
+        mapping.main(bad, mapping.Inputs(ds, names, feats, {}), tmp_path / "o")
 
 
 def test_overlapping_models_give_each_image_one_cluster():
@@ -122,7 +130,7 @@ def test_incremental_defaults_apply_to_the_incremental_pipeline_only():
     opts = mapping.pipeline_options(conf, 1, 0)
     assert (
         opts.mapper.filter_max_reproj_error
-        == mapping.INCREMENTAL_DEFAULTS["filter_max_reproj_error"]
+        == colmap_options.INCREMENTAL_DEFAULTS["filter_max_reproj_error"]
     )
     conf["options"] = {"filter_max_reproj_error": 3.0}  # the configuration wins
     assert mapping.pipeline_options(conf, 1, 0).mapper.filter_max_reproj_error == 3.0
@@ -209,10 +217,14 @@ def test_pair_groups_and_their_coverage():
     names = ["a", "b", "c", "d", "e", "f", "g"]
     pairs = [("a", "b"), ("b", "c"), ("d", "e"), ("f", "g"), ("x", "a")]
     verified = {p: {"inliers": np.zeros((20, 2), np.int32)} for p in pairs}
-    groups = mapping.pair_groups(names, verified, 3)
+    groups = global_mapping.pair_groups(names, verified, 3)
     assert groups == [{"a", "b", "c"}]
-    assert mapping.pair_groups(names, verified, 2) == [{"a", "b", "c"}, {"d", "e"}, {"f", "g"}]
-    assert mapping.pair_groups(names, {}, 2) == []
+    assert global_mapping.pair_groups(names, verified, 2) == [
+        {"a", "b", "c"},
+        {"d", "e"},
+        {"f", "g"},
+    ]
+    assert global_mapping.pair_groups(names, {}, 2) == []
 
     class Im:
         def __init__(self, name):
@@ -223,8 +235,8 @@ def test_pair_groups_and_their_coverage():
             self.images = {i: Im(n) for i, n in enumerate(names)}
 
     models = [Model(["a", "b", "d"]), Model(["b", "c", "d", "e"])]
-    groups = mapping.pair_groups(names, verified, 2)
-    assert mapping.coverage(models, groups, {n: n for n in names}) == [2, 2, 0]
+    groups = global_mapping.pair_groups(names, verified, 2)
+    assert global_mapping.coverage(models, groups, {n: n for n in names}) == [2, 2, 0]
 
 
 def test_global_fallback_maps_what_incremental_mapping_leaves_unmapped(tmp_path, caplog):
@@ -246,10 +258,12 @@ def test_global_fallback_maps_what_incremental_mapping_leaves_unmapped(tmp_path,
     assert _align_error(est, ref) < 0.02 * np.linalg.norm(ref - ref.mean(0), axis=1).mean()
     assert (tmp_path / "on" / "sfm" / "0").is_dir()
     assert (tmp_path / "on" / "sfm" / "database.db").is_file()  # the global pipeline's pairs
+    assert result.to_dict()["global_database"] == str(tmp_path / "on" / "sfm" / "database.db")
     assert not (tmp_path / "on" / "sfm-global").exists()
     off = config.merge(conf, {"mapping": {"global_fallback": 0}})
     result = map_scene(scene, names, ds, feats, tmp_path / "off", off)
     assert result.mapper == "incremental" and result.preds == {}
+    assert result.to_dict()["global_database"] is None
 
 
 def test_global_fallback_is_not_tried_when_incremental_mapping_covers_the_scene(tmp_path, caplog):
@@ -266,11 +280,11 @@ def test_global_pairs_keep_each_images_strongest_pair():
     names = ["a", "b", "c", "d"]
     pairs = {("a", "b"): 400, ("b", "c"): 300, ("a", "c"): 60, ("c", "d"): 40, ("a", "d"): 9}
     verified = {p: {"inliers": np.zeros((n, 2), int)} for p, n in pairs.items()}
-    kept = mapping.global_pairs(names, verified, 0.25)
+    kept = global_mapping.global_pairs(names, verified, 0.25)
     # a-c: 60 < 0.25 x 300 (c's strongest); a-d: 9 < 0.25 x 40 (d's strongest, its only other
     # pair, weak as it is, is kept)
     assert set(kept) == {("a", "b"), ("b", "c"), ("c", "d")}
-    assert mapping.global_pairs(names, verified, 0.0) == verified
+    assert global_mapping.global_pairs(names, verified, 0.0) == verified
 
 
 def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
@@ -302,7 +316,7 @@ def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
         conf["mapping"]["global_min_relative_inliers"] = levels
         out = tmp_path / f"levels{levels}"
         with caplog.at_level("INFO", logger="imc"):
-            result = mapping.main(conf["mapping"], conf["runtime"], ds, names, feats, pairs, out)
+            result = mapping.main(conf, mapping.Inputs(ds, names, feats, pairs), out)
         assert set(result.preds) == set(names)
         est = _centres([(result.preds[k].R, result.preds[k].t) for k in names])
         errors[str(levels)] = _align_error(est, ref) / spread
@@ -326,7 +340,7 @@ def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):
     name_of = {v: k for k, v in db_names.items()}
     total = sum(len(v["inliers"]) for v in pairs.values())
     assert len(result.preds) == 4
-    assert mapping.model_support([model], pairs, feats, name_of) > 0.95 * total
+    assert global_mapping.model_support([model], pairs, feats, name_of) > 0.95 * total
     # tilt one camera by 5 degrees (across the epipolar lines): its three pairs no longer fit
     image = next(im for im in model.images.values() if name_of[im.name] == "im1.png")
     turned = pycolmap.Rotation3d(
@@ -336,7 +350,9 @@ def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):
     pose = frame.rig_from_world
     frame.rig_from_world = pycolmap.Rigid3d(turned * pose.rotation, pose.translation)
     three = sum(len(v["inliers"]) for p, v in pairs.items() if "im1.png" in p)
-    assert mapping.model_support([model], pairs, feats, name_of) < 0.05 * three + total - three
+    assert (
+        global_mapping.model_support([model], pairs, feats, name_of) < 0.05 * three + total - three
+    )
 
 
 def test_camera_keys_tell_exif_cameras_apart(tmp_path):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from imc import features, matching
+from imc import config
 from imc.cache import h5_key, pair_key
 from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.images import read_image
 from imc.settings import weights_dirs
+from imc.stages import features, matching
 from imc.weights import load_state_dict
 
 FEATURES = {
@@ -31,8 +32,8 @@ CONF = {
     "width_confidence": 0.99,
     "half_precision": False,
     "cpu_bfloat16": False,
-    "min_matches": 15,
 }
+WHOLE = {**config.DEFAULTS, "features": FEATURES, "matching": CONF}  # as the stages take it
 WEIGHTS = ("aliked-n16.pth", "aliked_lightglue.pth")
 
 
@@ -146,7 +147,7 @@ def test_stage_writes_resumes_and_skips_failed(models, temple, tmp_path):
     mp.setattr(features, "build_model", lambda conf, device="cpu": models[0])
     mp.setattr(matching, "build_model", lambda conf, device="cpu": models[1])
     calls = []
-    real = matching._match
+    real = matching.match_inputs
 
     def counting(*args):
         calls.append(1)
@@ -154,18 +155,18 @@ def test_stage_writes_resumes_and_skips_failed(models, temple, tmp_path):
             raise RuntimeError("crash")
         return real(*args)
 
-    mp.setattr(matching, "_match", counting)
+    mp.setattr(matching, "match_inputs", counting)
     try:
-        feats = features.main(FEATURES, ds, tmp_path / "f")
-        pairs = [(a, b), (a, "x"), (b, a)]
+        feats = features.main(WHOLE, features.Inputs(ds), tmp_path / "f")
+        inputs = matching.Inputs([(a, b), (a, "x"), (b, a)], feats)
         crash = True
         with pytest.raises(RuntimeError, match="crash"):
-            matching.main(CONF, pairs, feats, tmp_path / "m")
+            matching.main(WHOLE, inputs, tmp_path / "m")
         assert (tmp_path / "m" / "matches.h5.partial").exists()
         crash = False
-        out = matching.main(CONF, pairs, feats, tmp_path / "m")
+        out = matching.main(WHOLE, inputs, tmp_path / "m")
         assert len(calls) == 3  # (a, b) kept; (b, a) redone; (a, x) skipped
-        matching.main(CONF, pairs, feats, tmp_path / "m")
+        matching.main(WHOLE, inputs, tmp_path / "m")
         assert len(calls) == 3  # second run: no work
     finally:
         mp.undo()
@@ -183,3 +184,56 @@ def test_stage_writes_resumes_and_skips_failed(models, temple, tmp_path):
     assert abs(len(back) - len(matches)) <= 0.1 * len(matches)
     with pytest.raises(ImcError, match=r"no matches for pair \(scene/templeR0001.png, x\)"):
         matching.load_matches(out, a, "x")
+
+
+def test_batched_and_pair_by_pair_give_the_same_matches(models, tmp_path):
+    """The demo scene's pairs (some overlapping, some not; keypoint counts differ per image)
+    matched in padded batches and one by one, point pruning off in both (a batch never
+    prunes): the same matches and scores, also for pairs that stop at different layers."""
+    from imc.demo import make_demo
+
+    root = make_demo(tmp_path / "demo")
+    paths = sorted((root / "train" / "demo").glob("*.png"))[:7]
+    conf = {**CONF, "width_confidence": -1}
+    glue = matching.build_model(conf)
+    feats = []
+    for k, p in enumerate(paths):  # different budgets: padding in every batch
+        fc = {**FEATURES, "max_keypoints": 256 + 64 * k}
+        feats.append(features.extract_image(models[0], read_image(p), fc))
+    feats.append({**feats[0], "keypoints_upright": np.zeros((1, 2), np.float32),
+                  "descriptors": feats[0]["descriptors"][:1]})  # fmt: skip
+    inputs = [matching.inputs(f, torch.device("cpu"), torch.float32) for f in feats]
+    pairs = [(i, j) for i in range(len(feats)) for j in range(i + 1, len(feats))]
+    one = [matching.match_inputs(glue, inputs[i], inputs[j]) for i, j in pairs]
+    batched = []
+    for start in range(0, len(pairs), 5):
+        chunk = pairs[start : start + 5]
+        batched += matching.match_batch(glue, [(inputs[i], inputs[j]) for i, j in chunk])
+    assert sum(len(m) > 50 for m, _ in one) >= 3  # overlapping pairs among them
+    assert any(len(m) == 0 for m, _ in one)  # the one-keypoint image
+    for (m1, s1), (m2, s2) in zip(one, batched):
+        np.testing.assert_array_equal(m1, m2)
+        np.testing.assert_allclose(s1, s2, rtol=1e-3, atol=1e-4)
+
+
+def test_stage_in_batches_writes_what_pair_by_pair_writes(models, temple, tmp_path):
+    paths, *_ = temple
+    names = ["templeR0001.png", "templeR0002.png"]
+    ds = Dataset("t", "t", [ImageInfo(n, p) for n, p in zip(names, paths)])
+    feats = features.main(WHOLE, features.Inputs(ds, load_model=lambda: models[0]), tmp_path / "f")
+    conf = {**CONF, "width_confidence": -1}
+    glue = matching.build_model(conf)
+    pairs = [(names[0], names[1]), (names[1], names[0])]
+    inputs = matching.Inputs(pairs, feats, load_model=lambda: glue)
+    one = matching.main({**WHOLE, "matching": {**conf, "batch_size": 1}}, inputs, tmp_path / "a")
+    two = matching.main({**WHOLE, "matching": {**conf, "batch_size": 2}}, inputs, tmp_path / "b")
+    for a, b in pairs:
+        np.testing.assert_array_equal(
+            matching.load_matches(one, a, b)[0], matching.load_matches(two, a, b)[0]
+        )
+
+
+def test_batch_size_from_the_device():
+    cpu = torch.device("cpu")
+    assert matching.batch_size({"batch_size": 0}, cpu, 4096, torch.float32) == 1
+    assert matching.batch_size({"batch_size": 8}, cpu, 4096, torch.float32) == 8

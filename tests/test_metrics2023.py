@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from imc.errors import ImcError, SubmissionError
-from imc.metrics import score_imc2023
-from imc.metrics2023 import THRESHOLDS_2023, _pose_errors, _relative
+from imc.metrics2023 import THRESHOLDS_2023, _pose_errors, _relative, score_imc2023
 
 POSE = ("rotation_matrix", "translation_vector")
 COLS = ["image_path", "dataset", "scene", *POSE]

@@ -1,6 +1,6 @@
 import numpy as np
 
-from imc.orientation import neighbour_pairs, pooled_descriptor, solve_rotations
+from imc.stages.orientation import neighbour_pairs, pooled_descriptor, solve_rotations
 
 
 def test_solve_rotations_from_consistent_relative_rotations():

@@ -6,9 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
+from imc import config
 from imc.cache import h5_key
 from imc.errors import ImcError
-from imc.pairs import main, pairs_from_descriptors, read_pairs
+from imc.stages.pairs import Inputs, main, pairs_from_descriptors, read_pairs
 
 
 def unit(degrees: list[float]) -> np.ndarray:
@@ -96,23 +97,28 @@ def write_global(path, names, desc):
             f.create_dataset(h5_key(n), data=d).attrs["index"] = i
 
 
+def _whole(retrieval: dict) -> dict:
+    """The whole configuration with `retrieval` as its retrieval section."""
+    return {**config.DEFAULTS, "retrieval": retrieval}
+
+
 def test_main_writes_pairs_file_round_trip(tmp_path):
     # Dataset order differs from alphabetical order, and a name holds a folder.
     names = ["z.jpg", "sub/b.jpg", "a.jpg", "c.jpg"]
     write_global(tmp_path / "global.h5", names, unit([0, 10, 30, 100]))
     conf = {"num_neighbors": 1, "min_similarity": 0.5, "exhaustive_below": 0}
-    out = main(conf, tmp_path / "global.h5", tmp_path)
+    out = main(_whole(conf), Inputs(tmp_path / "global.h5"), tmp_path)
     assert out == tmp_path / "pairs.txt"
     assert out.read_text() == "z.jpg sub/b.jpg\nsub/b.jpg a.jpg\n"
     assert read_pairs(out) == [("z.jpg", "sub/b.jpg"), ("sub/b.jpg", "a.jpg")]
     conf["exhaustive_below"] = 5
-    assert len(read_pairs(main(conf, tmp_path / "global.h5", tmp_path))) == 6
+    assert len(read_pairs(main(_whole(conf), Inputs(tmp_path / "global.h5"), tmp_path))) == 6
 
 
 def test_main_single_image_writes_empty_file(tmp_path):
     write_global(tmp_path / "global.h5", ["a.jpg"], unit([0]))
     conf = {"num_neighbors": 5, "min_similarity": 0.2, "exhaustive_below": 40}
-    out = main(conf, tmp_path / "global.h5", tmp_path)
+    out = main(_whole(conf), Inputs(tmp_path / "global.h5"), tmp_path)
     assert out.read_text() == "" and read_pairs(out) == []
 
 
@@ -129,7 +135,7 @@ def test_names_with_spaces_and_non_ascii_round_trip(tmp_path):
     names = ["a b.jpg", "vue_\u00e9\u65e5.png", "100%#x.jpg", "tab\there.png"]
     write_global(tmp_path / "global.h5", names, unit([0, 10, 20, 30]))
     conf = {"num_neighbors": 1, "min_similarity": 0.0, "exhaustive_below": 10}
-    out = main(conf, tmp_path / "global.h5", tmp_path)
+    out = main(_whole(conf), Inputs(tmp_path / "global.h5"), tmp_path)
     first = out.read_text(encoding="utf-8").splitlines()[0]
     assert first == "a%20b.jpg vue_%C3%A9%E6%97%A5.png"  # UTF-8 bytes, hand-encoded
     assert out.read_bytes().isascii()

@@ -119,6 +119,122 @@ def test_match_choices_and_groups(tmp_path):
     ]  # (b, e) has no entry in verified.h5: no match, nothing to draw
 
 
+STAGES = {
+    "orientation": {"seconds": 10.0, "cpu_seconds": 18.0, "peak_rss_mib": 900.0, "started": 0},
+    "features": {"seconds": 20.0, "cpu_seconds": 20.0, "peak_rss_mib": 1400.0, "started": 10},
+    "pairs": {"seconds": 2.0, "cpu_seconds": 1.0, "peak_rss_mib": 1400.0, "started": 30},
+    "mapping": {"seconds": 4.0, "cpu_seconds": 3.0, "peak_rss_mib": 1500.5, "started": 32},
+}
+
+
+def test_memory_added_and_cpu_use_per_stage():
+    """The recorded peak is the process's running maximum: each stage shows what it added."""
+    assert plots.memory_added({**STAGES, "total": {"peak_rss_mib": 9999.0}}) == {
+        "orientation": None,  # the peak before the first stage was not recorded
+        "features": 500.0,
+        "pairs": 0.0,
+        "mapping": 100.5,
+    }
+    assert plots.cpu_use(STAGES["orientation"]) == 1.8
+    assert plots.cpu_use({"seconds": 0.0, "cpu_seconds": 1.0}) is None
+    assert plots.cpu_use({"seconds": 3.0}) is None  # older stats.json
+
+
+def test_time_table_and_chart():
+    text = report.timing_html(STAGES)
+    assert "<th>CPU use</th>" in text and "<th>MiB added by the stage</th>" in text
+    assert re.search(r"<td>orientation</td><td>[\d:]{8}</td><td>10.00</td><td>18.00</td>"
+                     r"<td>180 %</td><td>900.00</td><td></td>", text)  # fmt: skip
+    assert "<td>features</td>" in text and "<td>500.00</td>" in text
+    fig = plots.stage_figure(STAGES)
+    fig.canvas.draw()
+    left, right = fig.axes
+    labels = [t for t in left.get_yticklabels() if t.get_text()]
+    assert [t.get_text() for t in labels] == list(STAGES)
+    for t in labels:  # whole, inside the figure, left of the first chart
+        box = t.get_window_extent()
+        assert 0 <= box.x0 and box.x1 <= left.get_window_extent().x0
+    assert not any(t.get_visible() and t.get_text() for t in right.get_yticklabels())
+    assert "running maximum" in right.get_title()
+    assert len(plots.stage_chart(STAGES)) > 1000
+
+
+def test_what_ran():
+    ran = {
+        "preset": "fast",
+        "device": "cpu",
+        "retrieval": "aliked (fallback: no DINOv2 model found; see $IMC_DINOV2)",
+        "matching_precision": "float32",
+        "matching_batch_size": "auto",
+    }
+    text = report.ran_html({"ran": ran})
+    assert text.startswith("<p>What ran: preset <b>fast</b> · device <b>cpu</b> · retrieval ")
+    assert "matching precision <b>float32</b> · matching batch size <b>auto</b>.</p>" in text
+    assert "<b class='note'>aliked (fallback: no DINOv2" in text
+    ran["retrieval"] = "dinov2 (/models/dinov2-base)"
+    assert "class='note'" not in report.ran_html({"ran": ran})
+    assert report.ran_html({}) == ""
+
+
+def _view(n_points: int = 500) -> plots.ModelView:
+    """Three cameras on the x axis looking along +y, upright (image down = world -z)."""
+    rng = np.random.default_rng(1)
+    R = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # rows: right, down, forward
+    camera = pycolmap.Camera(model="PINHOLE", width=400, height=300, params=[400, 400, 200, 150])
+    centers = np.array([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]])
+    poses = [np.concatenate([R, -R @ c[:, None]], 1) for c in centers]
+    return plots.ModelView(
+        index=0,
+        names=["a", "b", "c"],
+        centers=centers,
+        forwards=np.tile(R[2], (3, 1)),
+        downs=np.tile(R[1], (3, 1)),
+        points=rng.normal([1, 5, 0], 1, (n_points, 3)),
+        colors=rng.integers(0, 256, (n_points, 3)).astype(np.uint8),
+        rays=np.stack([plots.corner_rays(camera, p, 0) for p in poses]),
+    )
+
+
+def test_corner_rays_start_with_the_top_of_the_upright_image():
+    R = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # looks along +y, image down = -z
+    pose = np.concatenate([R, np.zeros((3, 1))], 1)
+    camera = pycolmap.Camera(model="PINHOLE", width=400, height=300, params=[400, 400, 200, 150])
+    rays = plots.corner_rays(camera, pose, 0)
+    np.testing.assert_allclose(rays[:, 1], 1.0)  # unit depth along the viewing direction
+    np.testing.assert_allclose(rays[:2, 2], 150 / 400)  # corners 0, 1: the top edge, up (+z)
+    np.testing.assert_allclose(rays[0], [-0.5, 1, 0.375])  # top left
+    # stored turned by 90 degrees (k=1): the upright top is the stored image's right edge
+    rays = plots.corner_rays(camera, pose, 1)
+    np.testing.assert_allclose(rays[:2, 0], 0.5)
+
+
+def test_3d_view_data_decodes_to_the_model():
+    import base64
+
+    from imc import view3d
+
+    view = _view(6000)
+    data = view3d.view_data(view, max_points=1000)
+    q = np.frombuffer(base64.b64decode(data["points"]), "<i2").reshape(-1, 3) / data["q"]
+    rgb = np.frombuffer(base64.b64decode(data["colors"]), np.uint8).reshape(-1, 3)
+    assert len(q) == len(rgb) == data["n"] == 1000
+    cams = np.array(data["cameras"]).reshape(-1, 5, 3)
+    assert cams.shape == (3, 5, 3)
+    # the display frame is a rotation (z up), then a shift and one scale for points and cameras
+    frame = plots.view_frame(view.centers, view.downs, view.points)
+    np.testing.assert_allclose(frame[2], [0, 0, 1], atol=1e-9)
+    scale = np.linalg.norm(cams[1, 0] - cams[0, 0])  # 1 world unit apart
+    shift = cams[0, 0] - scale * (view.centers[0] @ frame.T)
+    world = (q - shift) / scale @ frame  # back to the model's frame
+    dist = np.linalg.norm(world[:, None] - view.points[None], axis=2).min(1)
+    assert dist.max() < 1e-3 * np.ptp(view.points, axis=0).max()  # int16 steps
+    assert {tuple(c) for c in rgb} <= {tuple(c) for c in view.colors}
+    # frusta: the top edge (corners 1, 2) is above the bottom one (3, 4) on the up axis
+    assert (cams[:, 1:3, 2].mean(1) > cams[:, 3:5, 2].mean(1)).all()
+    html_ = view3d.canvas_html(view)
+    assert "<canvas class='view3d'" in html_ and "4000 of 6000 points, 3 cameras" in html_
+
+
 def test_report_of_a_folder_without_results(tmp_path):
     from imc.errors import ImcError
 
@@ -177,6 +293,23 @@ def test_run_writes_the_report_and_the_exports(small_run):
             pose = pose_from_transform(np.array(frame["transform_matrix"]))
             assert np.abs(pose - image.cam_from_world().matrix()).max() < 1e-6
             assert frame["w"] == model.cameras[image.camera_id].width
+
+
+def test_every_output_has_the_umask_mode(small_run):
+    """No private (mkstemp 0600) file among the outputs: what the umask lets others read, they
+    can read in every file of the run folder (the json, csv and html files included)."""
+    import stat
+
+    from imc.cache import file_mode
+
+    _, run = small_run
+    files = [p for p in run.rglob("*") if p.is_file() and not p.is_symlink()]
+    names = {p.name for p in files}
+    assert {"config.json", "stats.json", "submission.csv", "summary.json", "report.html"} <= names
+    assert "transforms.json" in names
+    readable = file_mode() & 0o044
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) & 0o044 == readable, p
 
 
 def _data_images(page: str) -> list[tuple[str, str, Image.Image]]:
@@ -375,8 +508,11 @@ def _chromium() -> str:
     pytest.skip("no chromium binary (Debian package `chromium`; .ci/run installs it)")
 
 
-def open_in_browser(html_path: Path, tmp: Path, screenshot: Path | None = None) -> dict:
-    """Load a page in headless Chromium; its errors, images and (optionally) a screenshot."""
+def open_in_browser(
+    html_path: Path, tmp: Path, screenshot: Path | None = None, script: str | None = None
+) -> dict:
+    """Load a page in headless Chromium; its errors, images, the value of `script` (a JS
+    expression, awaited when a promise; None when not given) and optionally a screenshot."""
     proc = subprocess.Popen(
         [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", "about:blank"],
         stdout=subprocess.DEVNULL,
@@ -410,11 +546,17 @@ def open_in_browser(html_path: Path, tmp: Path, screenshot: Path | None = None) 
         js = "JSON.stringify([...document.images].map(i => [i.alt, i.complete, i.naturalWidth]))"
         result = dt.call("Runtime.evaluate", expression=js, returnByValue=True)
         images = json.loads(result["result"]["value"])
+        value = None
+        if script is not None:
+            got = dt.call("Runtime.evaluate", expression=script, awaitPromise=True,
+                          returnByValue=True)  # fmt: skip
+            assert "exceptionDetails" not in got, got["exceptionDetails"]
+            value = got["result"].get("value")
         shot = None
         if screenshot is not None:
             shot = base64.b64decode(dt.call("Page.captureScreenshot", format="png")["data"])
             screenshot.write_bytes(shot)
-        return {"errors": dt.errors(), "images": images, "dt": dt}
+        return {"errors": dt.errors(), "images": images, "dt": dt, "script": value}
     finally:
         proc.terminate()
         try:
@@ -445,10 +587,39 @@ def _png_1x1() -> bytes:
     return buf.getvalue()
 
 
+# Per 3D view: points drawn, cameras drawn, pixels off the background, and the view (yaw,
+# pitch, zoom) before and after a drag and a wheel turn dispatched to it.
+CANVAS_CHECK = """(async () => {
+  const out = [];
+  for (const c of document.querySelectorAll('canvas.view3d')) {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let ink = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 700) ink++;
+    const before = c.dataset.view, at = (x, y) => ({clientX: x, clientY: y, pointerId: 1});
+    c.dispatchEvent(new PointerEvent('pointerdown', at(10, 10)));
+    c.dispatchEvent(new PointerEvent('pointermove', at(70, 30)));
+    c.dispatchEvent(new PointerEvent('pointerup', at(70, 30)));
+    c.dispatchEvent(new WheelEvent('wheel', {deltaY: -300, cancelable: true}));
+    await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+    out.push([+c.dataset.drawn, +c.dataset.cameras, ink, before, c.dataset.view]);
+  }
+  return JSON.stringify(out);
+})()"""
+
+
 def test_report_in_a_browser(page, tmp_path):
     shot = Path(os.environ.get("IMC_REPORT_SCREENSHOT") or tmp_path / "report.png")
-    got = open_in_browser(page, tmp_path, shot)
+    got = open_in_browser(page, tmp_path, shot, CANVAS_CHECK)
     assert got["errors"] == []
+    views = json.loads(got["script"])
+    text = page.read_text()
+    assert len(views) == text.count("<canvas class='view3d'") == text.count("cameras of model")
+    assert len(views) >= 2  # one per model (test_run_writes_the_report_and_the_exports)
+    for drawn, cameras, ink, before, after in views:
+        assert drawn > 50 and cameras >= 3, views
+        assert ink > 1000, views  # points and frusta on the canvas, not a blank one
+        yaw, pitch, zoom = map(float, after.split(","))
+        assert after != before and zoom > 1, views  # the drag turned it, the wheel zoomed in
     expected = len(re.findall(r"<img ", page.read_text()))
     assert len(got["images"]) == expected > 10
     assert all(complete and width > 0 for _, complete, width in got["images"]), got["images"]

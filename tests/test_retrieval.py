@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from imc import retrieval
+from imc import config
 from imc.cache import h5_key
 from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError, WeightsError
-from imc.retrieval import (
+from imc.stages import retrieval
+from imc.stages.retrieval import (
     aggregate_local_descriptors,
     global_from_local,
     load_dinov2,
@@ -48,6 +49,7 @@ def tiny_dinov2(tmp_path_factory):
 
 
 def conf(**kw):
+    """The whole configuration, with a small retrieval section updated by `kw`."""
     base = {
         "model": "dinov2",
         "dinov2_dir": None,
@@ -56,7 +58,7 @@ def conf(**kw):
         "min_similarity": 0.2,
         "exhaustive_below": 0,
     }
-    return {**base, **kw}
+    return {**config.DEFAULTS, "retrieval": {**base, **kw}}  # the whole configuration
 
 
 def make_dataset(tmp_path, n=3, broken=True):
@@ -137,7 +139,7 @@ def test_dinov2_folder_errors(tiny_dinov2, tmp_path):
 def test_stage_dinov2_skips_unreadable_and_resumes(tiny_dinov2, tmp_path, caplog, monkeypatch):
     dataset = make_dataset(tmp_path)
     with caplog.at_level(logging.WARNING, logger="imc"):
-        out = main(conf(dinov2_dir=str(tiny_dinov2)), dataset, tmp_path)
+        out = main(conf(dinov2_dir=str(tiny_dinov2)), retrieval.Inputs(dataset), tmp_path)
     assert "broken.png" in caplog.text
     names, desc = load_global(out)
     assert names == ["im0.png", "im1.png", "im2.png"]  # dataset order, broken one skipped
@@ -152,7 +154,7 @@ def test_stage_dinov2_skips_unreadable_and_resumes(tiny_dinov2, tmp_path, caplog
 
     monkeypatch.setattr(retrieval, "load_dinov2", no_load)
     dataset.images = [im for im in dataset.images if im.name != "broken.png"]
-    again = main(conf(dinov2_dir=str(tiny_dinov2)), dataset, tmp_path)
+    again = main(conf(dinov2_dir=str(tiny_dinov2)), retrieval.Inputs(dataset), tmp_path)
     np.testing.assert_array_equal(load_global(again)[1], desc)
 
 
@@ -235,7 +237,7 @@ def test_fallback_when_no_dinov2(tmp_path, caplog, monkeypatch):
         return local[name]
 
     with caplog.at_level(logging.WARNING, logger="imc"):
-        out = main(conf(), dataset, tmp_path, local_descriptors=read)
+        out = main(conf(), retrieval.Inputs(dataset, local_descriptors=read), tmp_path)
     assert "no DINOv2 model found" in caplog.text and "weights" in caplog.text
     assert "nofeat.jpg" in caplog.text
     names, desc = load_global(out)
@@ -244,12 +246,12 @@ def test_fallback_when_no_dinov2(tmp_path, caplog, monkeypatch):
     with h5py.File(out) as f:
         assert f.attrs["model"] == "aliked"
     with pytest.raises(ImcError, match="local descriptors"):
-        main(conf(model="aliked"), dataset, tmp_path / "other")
+        main(conf(model="aliked"), retrieval.Inputs(dataset), tmp_path / "other")
 
 
 def test_unknown_model_and_missing_file(tmp_path):
     with pytest.raises(ImcError, match="valid: dinov2, aliked"):
-        retrieval.resolve_model(conf(model="netvlad"))
+        retrieval.resolve_model(conf(model="netvlad")["retrieval"])
     with pytest.raises(ImcError, match="not found"):
         load_global(tmp_path / "global.h5")
 
@@ -260,10 +262,10 @@ def test_new_dinov2_folder_replaces_fallback_descriptors(tiny_dinov2, tmp_path, 
     by_image = dict(zip([im.name for im in dataset.images], local.values()))
     found: list = []
     monkeypatch.setattr(retrieval, "dinov2_dirs", lambda: found)
-    out = main(conf(), dataset, tmp_path, local_descriptors=by_image.__getitem__)
+    out = main(conf(), retrieval.Inputs(dataset, local_descriptors=by_image.__getitem__), tmp_path)
     assert load_global(out)[1].shape == (3, 128 + retrieval.VLAD_CLUSTERS * 128)
     found.append(tiny_dinov2)  # same configuration, but a DINOv2 folder is now installed
-    out = main(conf(), dataset, tmp_path)
+    out = main(conf(), retrieval.Inputs(dataset), tmp_path)
     names, desc = load_global(out)
     assert names == ["im0.png", "im1.png", "im2.png"] and desc.shape == (3, 2 * HIDDEN)
     with h5py.File(out) as f:

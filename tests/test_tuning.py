@@ -15,9 +15,10 @@ import numpy as np
 import optuna
 import pytest
 
-from imc import config, formats, mapping, scoring
+from imc import config, formats, scoring
 from imc.cli import main as imc_main
 from imc.errors import ImcError
+from imc.stages import mapping
 from imc.submission import predictions_from_frame, read_submission
 from tuning import space as space_mod
 from tuning.cli import choose_datasets
@@ -134,6 +135,9 @@ def test_trial_parameters_are_a_config_override():
     assert conf["mapping"]["options"] == {"init_max_error": 3.0}
     with pytest.raises(ImcError, match="unknown configuration key"):
         space_mod.apply(config.resolve(), {"verification.thresh": 1.0})
+    # the same nesting as `imc run --set` (one function: imc.config.nested)
+    items = [f"{k}={v}" for k, v in params.items()]
+    assert config.parse_overrides(items) == space_mod.to_override(params)
 
 
 def test_pairs_of_fewer_neighbours_are_a_subset_of_the_cached_ones():

@@ -1,7 +1,8 @@
 import numpy as np
 from synthetic import make_scene
 
-from imc import config, orientation, verification
+from imc import config
+from imc.stages import orientation, verification
 
 
 def test_magsac_keeps_true_matches_and_rejects_outliers():
@@ -14,6 +15,26 @@ def test_magsac_keeps_true_matches_and_rejects_outliers():
     assert F.shape == (3, 3)
     assert len(got & true) / len(true) > 0.95
     assert len(got - true) / len(got) < 0.03  # random matches rarely fit the epipolar geometry
+
+
+def test_verify_matches_is_the_pair_threshold_the_fit_and_min_inliers():
+    scene = make_scene(n_cams=2, outlier_frac=0.3, w=2048, h=1536)
+    m, (k0, k1) = scene["matches"][(0, 1)], scene["keypoints"]
+    conf = config.DEFAULTS["verification"]
+    size = (2048, 1536)  # stored images twice the extraction size: a 2 px threshold
+
+    def verify(conf, matches):
+        return verification.verify_matches(
+            conf, {"resize_long_side": 1024}, k0, k1, size, size, matches
+        )
+
+    inliers, F, kept = verify(conf, m)
+    expected, expected_F = verification.verify_pair(k0, k1, m, 2.0 * conf["threshold"], conf)
+    np.testing.assert_array_equal(inliers, expected)
+    np.testing.assert_array_equal(F, expected_F)
+    assert kept and len(inliers) >= conf["min_inliers"]
+    assert not verify({**conf, "min_inliers": len(inliers) + 1}, m)[2]
+    assert verify({**conf, "min_inliers": 0}, m[:5])[1:] == (None, False)  # no fit: dropped
 
 
 def test_too_few_matches_give_no_geometry():

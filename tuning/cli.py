@@ -14,6 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
+from imc.cli_args import add_config_args
 from imc.errors import ImcError
 
 # imc-bench: ETs is its only dataset of several scenes (clustering, minimum inliers) and
@@ -32,8 +33,6 @@ def default_data_root() -> Path:
 
 def add_parser(sub) -> argparse.ArgumentParser:
     """Add the `tune` subcommand to the `imc` command's subparsers."""
-    from imc.cli import add_config_args
-
     p = sub.add_parser("tune", help="tune verification and mapping settings with Optuna")
     p.add_argument(
         "data_root", type=Path, nargs="?", help="labelled competition folder (default: imc-bench)"

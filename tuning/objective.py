@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from imc import clustering, mapping, scoring, verification
+from imc import scoring
 from imc.cache import h5_key
 from imc.data import Competition, Predictions
 from imc.log import logger
+from imc.stages import clustering, mapping, verification
 from imc.submission import submission_frame
 
 from . import space as space_mod
@@ -50,7 +51,7 @@ class DatasetResult:
 def verify(
     prep: Prepared, pair_list: list[tuple[str, str]], conf: dict, feature_conf: dict
 ) -> tuple[dict[tuple[str, str], dict], int]:
-    """Verify the cached raw matches of `pair_list` as `imc.verification.main` does.
+    """Verify the cached raw matches of `pair_list` as `imc.stages.verification.main` does.
 
     Returns: the pairs with >= max(min_inliers, 1) inliers, in the order `load_verified`
     gives (h5 key order): (a, b) -> {inliers [K x 2] int32, F [3 x 3], num_matches}; and the
@@ -62,9 +63,11 @@ def verify(
         if raw is None:
             missing += 1
             continue
-        thr = verification.pair_threshold(conf, feature_conf, prep.sizes[a], prep.sizes[b])
-        inliers, F = verification.verify_pair(prep.keypoints[a], prep.keypoints[b], raw, thr, conf)
-        if len(inliers) >= max(conf["min_inliers"], 1):
+        k0, k1, size0, size1 = prep.keypoints[a], prep.keypoints[b], prep.sizes[a], prep.sizes[b]
+        inliers, F, kept = verification.verify_matches(
+            conf, feature_conf, k0, k1, size0, size1, raw
+        )
+        if kept:
             out[(a, b)] = {"inliers": inliers, "F": F, "num_matches": len(raw)}
     return out, missing
 
@@ -95,10 +98,10 @@ def evaluate_dataset(
     t1 = time.perf_counter()
     preds = {}
     try:
-        kept = clustering.main(conf["clustering"], prep.names, verified)
+        kept = clustering.main(conf, clustering.Inputs(prep.names, verified), None)
         with tempfile.TemporaryDirectory(prefix="imc-trial-", dir=scratch_root) as tmp:
-            inputs = (prep.dataset, prep.names, prep.features, kept, Path(tmp))
-            preds = mapping.main(conf["mapping"], conf["runtime"], *inputs).preds
+            inputs = mapping.Inputs(prep.dataset, prep.names, prep.features, kept)
+            preds = mapping.main(conf, inputs, Path(tmp)).preds
     except Exception as e:  # imc run scores a failed dataset as all outliers; so does a trial
         logger.error("tune: %s failed: %s\n%s", prep.dataset.name, e, traceback.format_exc())
         res.error = f"{type(e).__name__}: {e}"

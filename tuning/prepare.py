@@ -23,12 +23,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from imc import pairs as pairs_stage
-from imc.cache import config_hash, h5_key, h5_name
+from imc.cache import config_hash, h5_key, h5_name, safe_name
 from imc.data import Competition, Dataset
 from imc.errors import ImcError
 from imc.log import logger
-from imc.retrieval import load_global
+from imc.stages import pairs as pairs_stage
+from imc.stages.retrieval import load_global
 
 
 @dataclass
@@ -95,7 +95,7 @@ def prepare(
         ds = comp.datasets[name]
         run_dir = cache_root / "tune-prep" / config_hash(conf, pipeline.input_signature(ds), name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        summary = run_dir / pipeline.safe_name(name) / "summary.json"
+        summary = run_dir / safe_name(name) / "summary.json"
         seconds = None
         with _locked(run_dir / ".lock"):
             if not summary.is_file():
@@ -123,7 +123,8 @@ def load_prepared(dataset: Dataset, summary_path: Path, seconds: float | None) -
     """Read a preparing run's summary.json and the cached h5 files it names."""
     summary = json.loads(Path(summary_path).read_text())
     features, matches = Path(summary["features"]), Path(summary["matches"])
-    for p in (features, matches):
+    global_path = find_global(summary, summary_path)
+    for p in (features, matches, global_path):
         if not p.is_file():
             raise ImcError(f"{summary_path}: cached file {p} is missing; delete the summary")
     failed = set(summary["failed"])
@@ -140,7 +141,6 @@ def load_prepared(dataset: Dataset, summary_path: Path, seconds: float | None) -
             for kb, g in ga.items():
                 if g.attrs.get("done", False):
                     raw[(h5_name(ka), h5_name(kb))] = g["matches"][()]
-    global_path = find_global(summary, matches)
     global_names, global_desc = load_global(global_path)
     logger.info(
         "tune: %s: %d images, %d matched pairs (cache %s)",
@@ -163,17 +163,11 @@ def load_prepared(dataset: Dataset, summary_path: Path, seconds: float | None) -
     )
 
 
-def find_global(summary: dict, matches_path: Path) -> Path:
-    """The global.h5 of the run: named in the summary, or the retrieval folder beside the
-    matching one whose pairs.txt holds the run's pairs."""
-    if summary.get("global"):
-        return Path(summary["global"])
-    want = [tuple(p) for p in summary["retrieval_pairs"]]
-    good = {n for n in summary["images"] if n not in summary["failed"]}
-    for d in sorted(Path(matches_path).parent.parent.glob("retrieval-*")):
-        if not (d / "pairs.txt").is_file() or not (d / "global.h5").is_file():
-            continue
-        found = pairs_stage.read_pairs(d / "pairs.txt")
-        if [p for p in found if p[0] in good and p[1] in good] == want:
-            return d / "global.h5"
-    raise ImcError(f"no cached global descriptors with the pairs of {matches_path.parent}")
+def find_global(summary: dict, summary_path: Path) -> Path:
+    """The global.h5 of the run, as its summary.json (at `summary_path`) names it."""
+    if not summary.get("global"):
+        raise ImcError(
+            f"{summary_path} does not name the run's global descriptors (written by an older "
+            "imc); delete it to prepare the dataset again"
+        )
+    return Path(summary["global"])

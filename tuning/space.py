@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from imc.config import merge
+from imc.config import merge, nested
 from imc.errors import ImcError
 
 
@@ -172,19 +172,11 @@ def load_space_file(path: str | Path) -> dict:
 
 
 def pycolmap_default(key: str) -> Any:
-    """imc's default of an incremental pipeline option (imc.mapping.INCREMENTAL_DEFAULTS),
-    else pycolmap's (of the pipeline, or of its mapper / triangulation options)."""
-    import pycolmap
+    """imc's default of an incremental pipeline option (imc.colmap_options.INCREMENTAL_DEFAULTS),
+    else pycolmap's, found as setting the option finds it (imc.colmap_options)."""
+    from imc.colmap_options import option_default
 
-    from imc.mapping import INCREMENTAL_DEFAULTS
-
-    if key in INCREMENTAL_DEFAULTS:
-        return INCREMENTAL_DEFAULTS[key]
-    options = pycolmap.IncrementalPipelineOptions()
-    for target in (options, options.mapper, options.triangulation):
-        if hasattr(target, key):
-            return getattr(target, key)
-    raise ImcError(f"unknown mapping option '{key}'")
+    return option_default(key)
 
 
 def get_value(conf: dict, name: str) -> Any:
@@ -204,14 +196,7 @@ def defaults(conf: dict, space: tuple[Param, ...]) -> dict[str, Any]:
 
 def to_override(params: dict[str, Any]) -> dict:
     """{"verification.threshold": 2.0, ...} -> {"verification": {"threshold": 2.0}, ...}."""
-    out: dict = {}
-    for name, value in params.items():
-        node = out
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+    return nested(params.items())
 
 
 def apply(conf: dict, params: dict[str, Any]) -> dict:

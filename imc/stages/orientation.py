@@ -14,16 +14,22 @@ Output: image name -> k, where `imc.images.rotate(image, k)` is the image to ext
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .cache import atomic_write_text
-from .images import ImageReadError, read_image
-from .log import logger
+from ..cache import atomic_write_text
+from ..images import ImageReadError, read_ahead
+from ..log import logger
 from .verification import fit_fundamental
+
+if TYPE_CHECKING:
+    import torch
 
 
 def rotated_features(model, image: np.ndarray, conf: dict, device) -> list[dict]:
@@ -72,19 +78,26 @@ def count_inliers(f0: dict, f1: dict, matches: np.ndarray) -> int:
     return 0 if mask is None else int(mask.sum())
 
 
-def relative_rotation(
-    match_fn, feats_i: list[dict], feat_j: dict, accept_inliers: int
+def relative_rotations(
+    match_many, feats: list[list[dict]], pairs: list[tuple[int, int]], accept_inliers: int
 ) -> np.ndarray:
-    """[4] inlier counts when image i rotated by r is matched against image j upright.
+    """[P x 4] inlier counts: for pair (i, j), image i rotated by r matched against image j
+    upright. match_many: list of (features 0, features 1) -> list of (matches, scores), in
+    batches where the device allows.
 
-    The other rotations are tried only when r = 0 gives fewer than `accept_inliers` (a wrong
-    rotation gives a few tens at most); their counts are then left at 0.
+    The other rotations of a pair are tried only when r = 0 gives fewer than `accept_inliers`
+    (a wrong rotation gives a few tens at most); their counts are then left at 0.
     """
-    counts = np.zeros(4, int)
-    for r in range(4):
-        counts[r] = count_inliers(feats_i[r], feat_j, match_fn(feats_i[r], feat_j)[0])
-        if r == 0 and counts[0] >= accept_inliers:
-            break
+    counts = np.zeros((len(pairs), 4), int)
+    upright = match_many([(feats[i][0], feats[j][0]) for i, j in pairs])
+    for p, ((i, j), (matches, _)) in enumerate(zip(pairs, upright)):
+        counts[p, 0] = count_inliers(feats[i][0], feats[j][0], matches)
+    retry = [p for p in range(len(pairs)) if counts[p, 0] < accept_inliers]
+    jobs = [(p, r) for p in retry for r in (1, 2, 3)]
+    found = match_many([(feats[pairs[p][0]][r], feats[pairs[p][1]][0]) for p, r in jobs])
+    for (p, r), (matches, _) in zip(jobs, found):
+        i, j = pairs[p]
+        counts[p, r] = count_inliers(feats[i][r], feats[j][0], matches)
     return counts
 
 
@@ -128,46 +141,65 @@ def solve_rotations(n: int, edges: list[tuple[int, int, int, float]]) -> np.ndar
     return k
 
 
-def main(
-    conf: dict,
-    feature_conf: dict,
-    names: list[str],
-    paths: dict[str, Path],
-    feature_model,
-    match_fn,
-    out_dir: Path,
-    device="cpu",
-    apply_exif: bool = False,
-) -> dict[str, int]:
-    """Estimate each image's rotation; cached as `<out_dir>/rotations.json`."""
+@dataclass(frozen=True)
+class Inputs:
+    """What the orientation stage reads besides the configuration.
+
+    names: the dataset's image names, in dataset order.
+    paths: image name -> its file.
+    load_model: returns the run's feature model (imc.pipeline.Models.aliked); called once,
+        when rotations are estimated (not when cached, disabled or for a single image).
+    match_many: a list of feature pairs (imc.stages.features.extract_image dicts) -> per pair
+        (matches [M x 2] int32, scores [M] float32), batched where the device allows
+        (imc.pipeline.Models.match_many).
+    device: where the feature model runs.
+    """
+
+    names: list[str]
+    paths: dict[str, Path]
+    load_model: Callable[[], torch.nn.Module]
+    match_many: Callable[[list[tuple[dict, dict]]], list[tuple[np.ndarray, np.ndarray]]]
+    device: str | torch.device = "cpu"
+
+
+def main(conf: dict, inputs: Inputs, out_dir: Path) -> dict[str, int]:
+    """Estimate each image's rotation; cached as `<out_dir>/rotations.json`.
+
+    conf: the whole configuration; reads its orientation section, images.apply_exif_orientation
+    and the detection settings of its features section (the small features' budget and size
+    are orientation's own)."""
+    names, oconf = inputs.names, conf["orientation"]
     out = Path(out_dir) / "rotations.json"
     if out.exists():
         cached = json.loads(out.read_text())
         if set(cached) == set(names):
             return {n: int(v) for n, v in cached.items()}
-    if not conf["enabled"] or len(names) < 2:
+    if not oconf["enabled"] or len(names) < 2:
         return {n: 0 for n in names}
     small = {
-        **feature_conf,
-        "resize_long_side": conf["resize_long_side"],
-        "max_keypoints": conf["max_keypoints"],
+        **conf["features"],
+        "resize_long_side": oconf["resize_long_side"],
+        "max_keypoints": oconf["max_keypoints"],
         "min_keypoints": 0,
     }
-    feats: list[list[dict]] = []
-    for name in tqdm(names, desc="orientation features", unit="img", mininterval=2):
-        try:
-            image = read_image(paths[name], apply_exif)
-        except ImageReadError:
+    model, feats = inputs.load_model(), []
+    apply_exif = conf["images"]["apply_exif_orientation"]
+    images = read_ahead([inputs.paths[n] for n in names], apply_exif)
+    for image in tqdm(
+        images, total=len(names), desc="orientation features", unit="img", mininterval=2
+    ):
+        if isinstance(image, ImageReadError):
             image = np.zeros((64, 64, 3), np.uint8)  # reported by the feature stage
-        feats.append(rotated_features(feature_model, image, small, device))
+        feats.append(rotated_features(model, image, small, inputs.device))
     pooled = np.stack([[pooled_descriptor(f["descriptors"]) for f in fs] for fs in feats])
-    pairs = neighbour_pairs(pooled, conf["num_neighbors"])
+    pairs = neighbour_pairs(pooled, oconf["num_neighbors"])
     edges = []
-    for i, j in tqdm(pairs, desc="orientation pairs", unit="pair", mininterval=2):
-        counts = relative_rotation(match_fn, feats[i], feats[j][0], conf["accept_inliers"])
+    logger.info("orientation: %d pairs of %d images", len(pairs), len(names))
+    found = relative_rotations(inputs.match_many, feats, pairs, oconf["accept_inliers"])
+    for (i, j), counts in zip(pairs, found):
         order = np.argsort(-counts, kind="stable")
         best, second = counts[order[0]], counts[order[1]]
-        if best >= 15 and best >= conf["min_ratio"] * max(second, 1):
+        if best >= 15 and best >= oconf["min_ratio"] * max(second, 1):
             edges.append((i, j, int(order[0]), float(best)))
     k = solve_rotations(len(names), edges)
     result = {n: int(k[i]) for i, n in enumerate(names)}

@@ -23,19 +23,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache import h5_key, resumable_h5
-from .data import Dataset
-from .errors import ImcError
-from .images import (
+from ..cache import h5_key, resumable_h5
+from ..data import Dataset
+from ..errors import ImcError
+from ..images import (
     ImageReadError,
-    read_image,
+    read_ahead,
     rescale_points,
     resize_long_side,
     rotate,
     unrotate_points,
 )
-from .log import logger
-from .weights import load_state_dict, load_strict
+from ..log import logger
+from ..weights import load_state_dict, load_strict
 
 ARRAYS = ("keypoints", "keypoints_upright", "descriptors", "scores")
 
@@ -169,24 +169,37 @@ def _is_done(f: h5py.File, key: str, rotation_k: int) -> bool:
     return bool(attrs.get("done", False)) and int(attrs.get("rotation", -1)) == rotation_k
 
 
-def main(
-    conf: dict,
-    dataset: Dataset,
-    out_dir: Path,
-    rotations: dict[str, int] | None = None,
-    device: str | torch.device = "cpu",
-    apply_exif: bool = False,
-) -> Path:
-    """Extract features of every image of `dataset` into `<out_dir>/features.h5`.
+@dataclass(frozen=True)
+class Inputs:
+    """What the features stage reads besides the configuration.
 
-    rotations: image name -> k (x 90 degrees counter-clockwise) to make it upright; 0 if absent.
+    dataset: the images (names and files).
+    rotations: image name -> k (x 90 degrees counter-clockwise) that makes it upright, the
+        orientation stage's result; 0 for an image it lacks (None: 0 for all).
+    device: where the model runs.
+    load_model: returns the run's feature model (imc.pipeline.Models), called when an image
+        needs extracting; None: built from the features section.
+    """
+
+    dataset: Dataset
+    rotations: dict[str, int] | None = None
+    device: str | torch.device = "cpu"
+    load_model: Callable[[], torch.nn.Module] | None = None
+
+
+def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
+    """Extract features of every image of the dataset into `<out_dir>/features.h5`.
+
+    conf: the whole configuration; reads its features section and
+    images.apply_exif_orientation.
     Resumable: images already done with the same rotation are skipped. An unreadable image is
     logged and recorded as failed (see `failed_images`); the others go on.
     """
+    fconf, dataset, device = conf["features"], inputs.dataset, inputs.device
     out = Path(out_dir) / "features.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
-    rotations = rotations or {}
-    logger.info("features: %s, %d images, %s", dataset.name, len(dataset.images), conf)
+    rotations = inputs.rotations or {}
+    logger.info("features: %s, %d images, %s", dataset.name, len(dataset.images), fconf)
     model = None
     with resumable_h5(out) as f:
         todo = [
@@ -196,17 +209,17 @@ def main(
         ]
         if len(todo) < len(dataset.images):
             logger.info("features: %d images already done", len(dataset.images) - len(todo))
-        for im in tqdm(todo, desc="features", unit="image", mininterval=2, disable=not todo):
+        images = read_ahead([im.path for im in todo], conf["images"]["apply_exif_orientation"])
+        bar = tqdm(todo, desc="features", unit="image", mininterval=2, disable=not todo)
+        for im, image in zip(bar, images):
             k = rotations.get(im.name, 0) % 4
-            try:
-                image = read_image(im.path, apply_exif=apply_exif)
-            except ImageReadError as e:
-                logger.warning("features: skipping unreadable image %s: %s", im.path, e)
-                _write_failed(f, h5_key(im.name), str(e), k)
+            if isinstance(image, ImageReadError):
+                logger.warning("features: skipping unreadable image %s: %s", im.path, image)
+                _write_failed(f, h5_key(im.name), str(image), k)
                 continue
             if model is None:
-                model = build_model(conf, device)
-            _write(f, h5_key(im.name), extract_image(model, image, conf, k, device), k)
+                model = inputs.load_model() if inputs.load_model else build_model(fconf, device)
+            _write(f, h5_key(im.name), extract_image(model, image, fconf, k, device), k)
             f.flush()  # a killed run keeps every image written so far
     return out
 
@@ -236,7 +249,7 @@ def read_group(g: h5py.Group, name: str) -> dict:
 
 def failed_images(path: Path) -> dict[str, str]:
     """Image name -> error message for the images that could not be read."""
-    from .cache import h5_name
+    from ..cache import h5_name
 
     with h5py.File(path, "r") as f:
         return {h5_name(k): str(g.attrs["failed"]) for k, g in f.items() if "failed" in g.attrs}

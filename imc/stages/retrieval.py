@@ -7,6 +7,12 @@ both rounded to multiples of the patch size (so nothing is cropped away and the 
 below half a patch). The descriptor is the L2-normalised CLS token concatenated with the
 L2-normalised mean of the patch tokens, L2-normalised again: [2 x hidden_size] float32.
 
+Where the DINOv2 folder comes from: `retrieval.dinov2_dir`, else `settings.dinov2_dirs()`
+($IMC_DINOV2, then dinov2* folders of the weights folders, Kaggle's inputs included); on
+Kaggle, attach a transformers DINOv2 model as a model input (the notebook's
+install_and_run.py finds it under /kaggle/input and sets $IMC_DINOV2). Without one, retrieval
+falls back to `aliked` with a warning that says how to provide one.
+
 `aliked` (also the fallback when no DINOv2 folder is found): the image's ALIKED descriptors
 summarised twice, with equal weight: their L2-normalised mean, and a VLAD against a codebook of
 `VLAD_CLUSTERS` centroids that seeded spherical k-means builds from the dataset's own
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -34,12 +41,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache import h5_key, h5_name, resumable_h5
-from .data import Dataset
-from .errors import ImcError, WeightsError
-from .images import ImageReadError, read_image
-from .log import logger
-from .settings import dinov2_dirs, weights_dirs
+from ..cache import h5_key, h5_name, resumable_h5
+from ..data import Dataset
+from ..errors import ImcError, WeightsError
+from ..images import ImageReadError, read_image
+from ..log import logger
+from ..settings import dinov2_dirs, kaggle_input, weights_dirs
 
 MODELS = ("dinov2", "aliked")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -242,8 +249,13 @@ def resolve_model(conf: dict) -> tuple[str, Path | None]:
     if folder is None:
         logger.warning(
             "no DINOv2 model found (searched for config.json in %s); retrieval falls back to "
-            "aggregated ALIKED descriptors",
+            "aggregated ALIKED descriptors. To use DINOv2: set $IMC_DINOV2 (or "
+            "retrieval.dinov2_dir) to a folder holding a transformers Dinov2Model (config.json "
+            "and model.safetensors or pytorch_model.bin), or put that folder, named dinov2, "
+            "dinov2-base or dinov2-small, in a weights folder; on Kaggle, attach the DINOv2 "
+            "model as a model input: %s",
             _searched_dinov2_dirs(),
+            _kaggle_dinov2_hint(),
         )
         return "aliked", None
     return "dinov2", folder
@@ -261,22 +273,43 @@ def _searched_dinov2_dirs(shown: int = 6) -> str:
     )
 
 
-def main(
-    conf: dict,
-    dataset: Dataset,
-    out_dir: Path,
-    device: str = "cpu",
-    local_descriptors: Callable[[str], np.ndarray] | None = None,
-) -> Path:
+def _kaggle_dinov2_hint() -> str:
+    """Where `settings.weights_dirs()` looks under Kaggle's input root, in words."""
+    root = kaggle_input()
+    where = ", ".join(f"{root}/{p}" for p in ("*", "*/weights", "*/*", "*/*/*", "*/*/*/*"))
+    return (
+        f"the same names are searched for in {where} ($IMC_KAGGLE_INPUT, default "
+        "/kaggle/input), and the imc notebook's install_and_run.py sets $IMC_DINOV2 to the "
+        "folder under it whose config.json says model_type dinov2"
+    )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the retrieval stage reads besides the configuration.
+
+    dataset: the images (names and files; DINOv2 reads the files).
+    device: where DINOv2 runs.
+    local_descriptors: image name -> its [N x C] float32 ALIKED descriptors (the features
+        stage's; `local_descriptors_from_h5`), raising ImcError for an image without any;
+        required by the `aliked` model and by the fallback when no DINOv2 folder is found.
+    """
+
+    dataset: Dataset
+    device: str | torch.device = "cpu"
+    local_descriptors: Callable[[str], np.ndarray] | None = None
+
+
+def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
     """Write `<out_dir>/global.h5`: one global descriptor per readable image (resumable).
 
-    local_descriptors: image name -> [N x C] ALIKED descriptors; required by the `aliked`
-    model and by the fallback when no DINOv2 folder is found.
+    conf: the whole configuration; reads its retrieval section.
     """
+    rconf, dataset, local_descriptors = conf["retrieval"], inputs.dataset, inputs.local_descriptors
     out = Path(out_dir) / "global.h5"
-    model_name, folder = resolve_model(conf)
+    model_name, folder = resolve_model(rconf)
     n = len(dataset.images)
-    logger.info("retrieval (%s) on %s: %d images, %s", model_name, dataset.name, n, conf)
+    logger.info("retrieval (%s) on %s: %d images, %s", model_name, dataset.name, n, rconf)
     if model_name == "aliked" and local_descriptors is None:
         raise ImcError("the 'aliked' retrieval needs the local descriptors of the features stage")
     source = str(folder.resolve()) if folder else "aliked"
@@ -288,7 +321,7 @@ def main(
         f.attrs["model"], f.attrs["source"] = model_name, source
         todo = [(i, im) for i, im in enumerate(dataset.images) if h5_key(im.name) not in f]
         if model_name == "dinov2" and todo:
-            _write_dinov2(f, todo, load_dinov2(folder, device), conf["image_size"])
+            _write_dinov2(f, todo, load_dinov2(folder, inputs.device), rconf["image_size"])
         elif model_name == "aliked" and todo:
             _write_aliked(f, dataset, todo, local_descriptors)
     return out

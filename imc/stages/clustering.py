@@ -12,10 +12,13 @@ both sides keep at least `min_size` images; pairs across accepted cuts are remov
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import scipy.sparse.csgraph as csgraph
 
-from .log import logger
+from ..log import logger
 
 
 def weight_matrix(names: list[str], verified: dict[tuple[str, str], dict]) -> np.ndarray:
@@ -97,14 +100,30 @@ def split_groups(
     return sorted(done, key=lambda g: (-len(g), g[0]))
 
 
-def main(
-    conf: dict, names: list[str], verified: dict[tuple[str, str], dict]
-) -> dict[tuple[str, str], dict]:
-    """Remove the pairs that join weakly tied groups; returns the verified pairs kept."""
-    if not conf["enabled"] or len(names) < 2 or not verified:
+@dataclass(frozen=True)
+class Inputs:
+    """What scene separation reads besides the configuration.
+
+    names: the images of the graph (the readable ones), in dataset order.
+    verified: the verified pairs kept (imc.stages.verification.load_verified): (a, b) -> a dict
+        whose `inliers` ([K x 2] int32) weigh the pair; both images must be in `names`.
+    """
+
+    names: list[str]
+    verified: dict[tuple[str, str], dict]
+
+
+def main(conf: dict, inputs: Inputs, out_dir: Path | None = None) -> dict[tuple[str, str], dict]:
+    """Remove the pairs that join weakly tied groups; returns the verified pairs kept
+    (`inputs.verified` itself when disabled, or with fewer than two images or no pair).
+
+    conf: the whole configuration; reads its clustering section. out_dir: unused (the stage
+    writes nothing; the stages' common shape)."""
+    cconf, names, verified = conf["clustering"], inputs.names, inputs.verified
+    if not cconf["enabled"] or len(names) < 2 or not verified:
         return verified
     w = weight_matrix(names, verified)
-    groups = split_groups(w, conf["max_cut_ratio"], conf["min_size"], conf["max_cross_ratio"])
+    groups = split_groups(w, cconf["max_cut_ratio"], cconf["min_size"], cconf["max_cross_ratio"])
     label = np.empty(len(names), int)
     for g, idx in enumerate(groups):
         label[idx] = g

@@ -14,15 +14,16 @@ UTF-8 (`a b.jpg` -> `a%20b.jpg`); plain names are written as they are, as hloc w
 from __future__ import annotations
 
 import string
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 import faiss
 import numpy as np
 
-from .cache import atomic_write_text
-from .errors import ImcError
-from .log import logger
+from ..cache import atomic_write_text
+from ..errors import ImcError
+from ..log import logger
 from .retrieval import load_global
 
 GPU_MIN_IMAGES = 5000  # below this the CPU search takes milliseconds; a GPU brings nothing
@@ -107,13 +108,26 @@ def _knn_pairs(x: np.ndarray, k: int, min_similarity: float) -> tuple[np.ndarray
     return flat // n, flat % n
 
 
-def main(conf: dict, global_path: Path, out_dir: Path) -> Path:
-    """Write `<out_dir>/pairs.txt` from `global.h5` with the retrieval configuration."""
-    names, desc = load_global(global_path)
-    pairs = pairs_from_descriptors(
-        names, desc, conf["num_neighbors"], conf["min_similarity"], conf["exhaustive_below"]
-    )
-    mode = "all pairs" if len(names) < conf["exhaustive_below"] else f"k={conf['num_neighbors']}"
+@dataclass(frozen=True)
+class Inputs:
+    """What pair selection reads besides the configuration.
+
+    global_path: the retrieval stage's `global.h5` (imc.stages.retrieval: one [D] float32 descriptor
+        per readable image).
+    """
+
+    global_path: Path
+
+
+def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
+    """Write `<out_dir>/pairs.txt` from `global.h5`.
+
+    conf: the whole configuration; reads its retrieval section."""
+    rconf = conf["retrieval"]
+    k, below = rconf["num_neighbors"], rconf["exhaustive_below"]
+    names, desc = load_global(inputs.global_path)
+    pairs = pairs_from_descriptors(names, desc, k, rconf["min_similarity"], below)
+    mode = "all pairs" if len(names) < below else f"k={k}"
     logger.info("pairs: %d images, %d pairs (%s)", len(names), len(pairs), mode)
     out = Path(out_dir) / "pairs.txt"
     atomic_write_text(out, "".join(f"{encode_name(a)} {encode_name(b)}\n" for a, b in pairs))

@@ -1,0 +1,420 @@
+"""Matching: LightGlue on the upright (rotation-canonicalized) keypoints of every pair.
+
+LightGlue sees `keypoints_upright` with the `upright_size` of each image, so two images that
+the orientation stage turned upright are matched as upright views; the matches index the
+stored keypoints (same order). Output `matches.h5`, one group per pair
+`h5_key(a)/h5_key(b)` (imc.cache.pair_key):
+
+    matches   [M x 2] int32, column 0 indexes the keypoints of a, column 1 those of b
+    scores    [M] float32, LightGlue's matching scores
+    attrs: done
+
+Batches (`batch_size`; 0 chooses from the device: one pair at a time on the CPU, as many as
+half the free memory holds on CUDA): several pairs run in one forward pass, padded to the
+batch's longest keypoint lists, the padding masked out of every attention and the assignment
+computed on each pair's own points. Each pair stops at the layer where it would stop on its own
+(`depth_confidence`), so a batched pair gives the matches it gives alone when point pruning is
+off; point pruning (`width_confidence`) does not run in a batch, as in kornia's own batched and
+compiled paths. Features are read from features.h5 and moved to the device by a background
+thread, one batch ahead of the model.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..cache import done_keys, h5_key, pair_key, resumable_h5
+from ..errors import ImcError
+from ..log import logger
+from ..weights import load_state_dict, load_strict
+from .features import failed_images
+
+CACHE_IMAGES = 256  # images whose features stay in memory (and on the device) while matching
+MAX_BATCH = 64
+# GPU memory of one pair at 4096 keypoints per image in float16, measured on an H200 with kornia
+# 0.9.0 (1.0 / 2.0 / 3.8 / 6.6 GiB at 4 / 8 / 16 / 28 pairs); it grows with the square of the
+# keypoints (the attention matrices).
+PAIR_BYTES_4096_FP16 = 0.24 * 2**30
+
+
+@dataclass(frozen=True)
+class MatcherSpec:
+    """A LightGlue variant: its weight file and the descriptor size it takes."""
+
+    weights: str
+    input_dim: int
+    allowed_missing: tuple[str, ...] = ()
+
+
+MODELS: dict[str, MatcherSpec] = {
+    # confidence_thresholds is a buffer computed at construction, absent from the file.
+    "lightglue-aliked": MatcherSpec("aliked_lightglue.pth", 128, ("confidence_thresholds",)),
+}
+
+
+def build_model(conf: dict, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """LightGlue for `conf["model"]`, weights checked and strictly loaded, in eval mode.
+
+    Built with `features=None` so that kornia downloads nothing; `input_dim` comes from the
+    registry (128 for ALIKED: with kornia's default 256 the input projection would be left
+    untrained). float16 with `half_precision` on CUDA, bfloat16 with `cpu_bfloat16` on CPU,
+    else float32.
+    """
+    from kornia.feature import LightGlue
+
+    if conf["model"] not in MODELS:
+        raise ImcError(f"unknown matcher '{conf['model']}' (valid: {', '.join(MODELS)})")
+    spec = MODELS[conf["model"]]
+    model = LightGlue(
+        features=None,
+        weights=None,
+        input_dim=spec.input_dim,
+        filter_threshold=conf["filter_threshold"],
+        depth_confidence=conf["depth_confidence"],
+        width_confidence=conf["width_confidence"],
+    )
+    load_strict(model, load_state_dict(spec.weights), spec.allowed_missing, name=spec.weights)
+    device = torch.device(device)
+    return model.eval().to(device=device, dtype=precision(conf, device))
+
+
+def precision(conf: dict, device: str | torch.device) -> torch.dtype:
+    """LightGlue's dtype: float16 with `half_precision` on CUDA, bfloat16 with `cpu_bfloat16`
+    on the CPU, else float32."""
+    device = torch.device(device)
+    if device.type == "cuda" and conf.get("half_precision", False):
+        return torch.float16
+    if device.type == "cpu" and conf.get("cpu_bfloat16", False):
+        return torch.bfloat16
+    return torch.float32
+
+
+def inputs(feats: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """One image's LightGlue inputs: keypoints [1 x N x 2] float32 (upright pixels),
+    descriptors [1 x N x D] in the model's dtype, image_size [1 x 2] (W, H) of the upright
+    image, from which LightGlue normalises the keypoints."""
+    kpts = np.asarray(feats["keypoints_upright"], np.float32).reshape(-1, 2)
+    desc = np.asarray(feats["descriptors"], np.float32)
+    return {
+        "keypoints": torch.from_numpy(kpts)[None].to(device),
+        "descriptors": torch.from_numpy(desc)[None].to(device=device, dtype=dtype),
+        "image_size": torch.tensor([feats["upright_size"]], dtype=torch.float32, device=device),
+    }
+
+
+def match_inputs(model: torch.nn.Module, data0: dict, data1: dict) -> tuple[np.ndarray, np.ndarray]:
+    empty = np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
+    if data0["keypoints"].shape[1] < 2 or data1["keypoints"].shape[1] < 2:
+        return empty
+    for data in (data0, data1):
+        dim = data["descriptors"].shape[-1]
+        if dim != model.conf.input_dim:
+            raise ImcError(f"descriptors of size {dim}; this matcher takes {model.conf.input_dim}")
+    with torch.inference_mode():
+        out = model({"image0": data0, "image1": data1})
+    matches = out["matches"][0].cpu().numpy().astype(np.int32).reshape(-1, 2)
+    scores = out["scores"][0].float().cpu().numpy().astype(np.float32).reshape(-1)
+    return matches, scores
+
+
+def match_pair(
+    model: torch.nn.Module, feats0: dict, feats1: dict, device: str | torch.device = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Match two images' features (dicts as returned by imc.stages.features.extract_image or
+    load_features: keypoints_upright [N x 2], descriptors [N x D], upright_size (W, H)).
+
+    Returns: matches [M x 2] int32 (indices into the keypoints of image 0 and image 1, the
+    stored and upright keypoints having the same order) and scores [M] float32. Empty when
+    either image has fewer than two keypoints.
+    """
+    device = torch.device(device)
+    dtype = next(model.parameters()).dtype
+    return match_inputs(model, inputs(feats0, device, dtype), inputs(feats1, device, dtype))
+
+
+def batch_size(conf: dict, device: torch.device, keypoints: int, dtype: torch.dtype) -> int:
+    """Pairs per forward pass: `conf["batch_size"]`, or for 0 one on the CPU (where point
+    pruning saves more than batching gives) and on CUDA as many pairs of `keypoints` points
+    as half the free device memory holds (at most MAX_BATCH)."""
+    if conf.get("batch_size", 0) > 0:
+        return int(conf["batch_size"])
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    per_pair = PAIR_BYTES_4096_FP16 * max(keypoints / 4096, 0.25) ** 2
+    per_pair *= 2 if dtype == torch.float32 else 1
+    return int(max(1, min(MAX_BATCH, 0.5 * free // per_pair)))
+
+
+def _pad(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """Stack one side of a batch: keypoints [B x L x 2] (normalised as LightGlue does),
+    descriptors [B x L x D], mask [B x 1 x L x 1] (True for real points), and the lengths."""
+    from kornia.feature.lightglue import normalize_keypoints
+
+    lengths = [d["keypoints"].shape[1] for d in items]
+    b, size, ref = len(items), max(lengths), items[0]["descriptors"]
+    kpts = ref.new_zeros((b, size, 2), dtype=torch.float32)
+    desc = ref.new_zeros((b, size, ref.shape[-1]))
+    mask = torch.zeros((b, 1, size, 1), dtype=torch.bool, device=ref.device)
+    for k, (d, n) in enumerate(zip(items, lengths)):
+        kpts[k, :n] = normalize_keypoints(d["keypoints"], d["image_size"])[0]
+        desc[k, :n] = d["descriptors"][0]
+        mask[k, 0, :n] = True
+    return kpts, desc, mask, lengths
+
+
+def match_batch(
+    model: torch.nn.Module, batch: list[tuple[dict, dict]]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Match several pairs in one forward pass (see the module docstring); each item as
+    `_inputs` gives them. Returns (matches [M x 2] int32, scores [M] float32) per pair."""
+    from kornia.feature.lightglue import filter_matches
+
+    results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    live = []
+    for k, (d0, d1) in enumerate(batch):
+        if min(_count(d0), _count(d1)) < 2:
+            results[k] = match_inputs(model, d0, d1)  # empty
+        else:
+            live.append(k)
+    if live:
+        with torch.inference_mode():
+            finals = _run_layers(model, [batch[k] for k in live])
+            for k, (layer, desc0, desc1) in zip(live, finals):
+                scores, _ = model.log_assignment[layer](desc0[None], desc1[None])
+                m0, _, ms0, _ = filter_matches(scores, model.conf.filter_threshold)
+                valid = m0[0] > -1
+                pairs = torch.stack([torch.where(valid)[0], m0[0][valid]], -1)
+                results[k] = (
+                    pairs.cpu().numpy().astype(np.int32).reshape(-1, 2),
+                    ms0[0][valid].float().cpu().numpy().astype(np.float32),
+                )
+    return [results[k] for k in range(len(batch))]
+
+
+def _count(data: dict) -> int:
+    return int(data["keypoints"].shape[1])
+
+
+def _run_layers(model, batch: list[tuple[dict, dict]]) -> list[tuple[int, torch.Tensor, ...]]:
+    """The transformer layers over a padded batch; per pair, the layer it stops at and its
+    descriptors there ([N0 x C], [N1 x C], padding removed)."""
+    kpts0, desc0, mask0, len0 = _pad([d0 for d0, _ in batch])
+    kpts1, desc1, mask1, len1 = _pad([d1 for _, d1 in batch])
+    desc0, desc1 = model.input_proj(desc0), model.input_proj(desc1)
+    pe_dtype = model.posenc.Wr.weight.dtype
+    enc0, enc1 = model.posenc(kpts0.to(pe_dtype)), model.posenc(kpts1.to(pe_dtype))
+    active, finals = list(range(len(batch))), [None] * len(batch)
+    last = model.conf.n_layers - 1
+    for i in range(model.conf.n_layers):
+        desc0, desc1 = model.transformers[i](desc0, desc1, enc0, enc1, mask0=mask0, mask1=mask1)
+        if i == last:
+            break
+        if model.conf.depth_confidence <= 0:
+            continue
+        token0, token1 = model.token_confidence[i](desc0, desc1)
+        keep = []
+        for j, k in enumerate(active):
+            conf = torch.cat([token0[j, : len0[k]], token1[j, : len1[k]]])
+            unconfident = (conf < model.confidence_thresholds[i]).float().sum()
+            if 1.0 - unconfident / (len0[k] + len1[k]) > model.conf.depth_confidence:
+                finals[k] = (i, desc0[j, : len0[k]], desc1[j, : len1[k]])
+            else:
+                keep.append(j)
+        if not keep:
+            return finals
+        if len(keep) < len(active):  # finished pairs leave the batch
+            index = torch.tensor(keep, device=desc0.device)
+            desc0, desc1 = desc0[index], desc1[index]
+            enc0, enc1 = enc0[:, index], enc1[:, index]
+            mask0, mask1 = mask0[index], mask1[index]
+            active = [active[j] for j in keep]
+    for j, k in enumerate(active):
+        finals[k] = (i, desc0[j, : len0[k]], desc1[j, : len1[k]])
+    return finals
+
+
+class _FeatureCache:
+    """LightGlue inputs of recently used images, read from an open features.h5."""
+
+    def __init__(self, f: h5py.File, device: torch.device, dtype: torch.dtype):
+        self.f, self.device, self.dtype = f, device, dtype
+        self.items: OrderedDict[str, dict] = OrderedDict()
+
+    def __getitem__(self, name: str) -> dict:
+        if name in self.items:
+            self.items.move_to_end(name)
+            return self.items[name]
+        key = h5_key(name)
+        if key not in self.f:
+            raise ImcError(f"{self.f.filename}: no features for image '{name}'")
+        g = self.f[key]
+        feats = {
+            "keypoints_upright": g["keypoints_upright"][()],
+            "descriptors": g["descriptors"][()],
+            "upright_size": tuple(int(v) for v in g.attrs["upright_size"]),
+        }
+        self.items[name] = inputs(feats, self.device, self.dtype)
+        if len(self.items) > CACHE_IMAGES:
+            self.items.popitem(last=False)
+        return self.items[name]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the matching stage reads besides the configuration.
+
+    pairs: the image pairs (a, b) to match, in order (the retrieval stage's, or the part of
+        them the time budget allows).
+    features_path: the features stage's `features.h5` (imc.stages.features).
+    device: where LightGlue runs.
+    deadline: a `time.monotonic()` value after which matching stops, the pairs left unwritten
+        (None: no limit).
+    load_model: returns the run's LightGlue (imc.pipeline.Models), called when a pair needs
+        matching; None: built from the matching section.
+    """
+
+    pairs: list[tuple[str, str]]
+    features_path: Path
+    device: str | torch.device = "cpu"
+    deadline: float | None = None
+    load_model: Callable[[], torch.nn.Module] | None = None
+
+
+def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
+    """Match every pair into `<out_dir>/matches.h5` (resumable: pairs already done are
+    skipped). Pairs involving an image whose features failed are left out.
+
+    conf: the whole configuration; reads its matching section."""
+    mconf, pairs, features_path = conf["matching"], inputs.pairs, inputs.features_path
+    out = Path(out_dir) / "matches.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("matching: %d pairs, %s", len(pairs), mconf)
+    failed = failed_images(features_path)
+    device = torch.device(inputs.device)
+    with resumable_h5(out) as f:
+        todo = [(a, b) for a, b in pairs if not _is_done(f, pair_key(a, b))]
+        if len(todo) < len(pairs):
+            logger.info("matching: %d pairs already done", len(pairs) - len(todo))
+        skipped = [p for p in todo if p[0] in failed or p[1] in failed]
+        todo = [p for p in todo if p[0] not in failed and p[1] not in failed]
+        if todo:
+            model = inputs.load_model() if inputs.load_model else build_model(mconf, device)
+            _match_all(model, mconf, todo, features_path, f, device, inputs.deadline)
+    if skipped:
+        msg = "matching: %d pairs skipped (unreadable images: %s)"
+        logger.warning(msg, len(skipped), failed)
+    return out
+
+
+def _match_all(model, conf, todo, features_path, f: h5py.File, device, deadline) -> None:
+    """Match `todo` in batches into the open matches.h5 `f`, the next batch's features read
+    on a background thread; stop at `deadline`."""
+    dtype = next(model.parameters()).dtype
+    with h5py.File(features_path, "r") as ff:
+        size = batch_size(conf, device, _max_keypoints(ff), dtype)
+    if size > 1:
+        logger.info("matching: %d pairs per forward pass", size)
+    batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+    bar = tqdm(total=len(todo), desc="matching", unit="pair", mininterval=2)
+    with bar:
+        for k, (batch, data) in enumerate(_prefetch(batches, features_path, device, dtype)):
+            if deadline is not None and time.monotonic() > deadline:
+                left = sum(len(b) for b in batches[k:])
+                logger.warning("matching: deadline reached, %d of %d pairs left", left, len(todo))
+                break
+            found = match_batch(model, data) if size > 1 else [match_inputs(model, *data[0])]
+            for (a, b), (matches, scores) in zip(batch, found):
+                _write(f, pair_key(a, b), matches, scores)
+            f.flush()  # a killed run keeps every pair written so far (about 3 ms)
+            bar.update(len(batch))
+
+
+def _max_keypoints(ff: h5py.File) -> int:
+    """The most keypoints of one image in an open features.h5."""
+    counts = [len(g["keypoints_upright"]) for g in ff.values() if "keypoints_upright" in g]
+    return max(counts, default=0)
+
+
+def _prefetch(
+    batches: list[list[tuple[str, str]]], features_path: Path, device, dtype
+) -> Iterator[tuple[list[tuple[str, str]], list[tuple[dict, dict]]]]:
+    """Yield (batch, LightGlue inputs of its pairs), read from features.h5 and moved to the
+    device by a background thread one batch ahead."""
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            with h5py.File(features_path, "r") as ff:
+                cache = _FeatureCache(ff, device, dtype)
+                for batch in batches:
+                    if stop.is_set():
+                        return
+                    ready.put((batch, [(cache[a], cache[b]) for a, b in batch]))
+        except BaseException as e:  # handed to the consumer, raised there
+            ready.put(e)
+            return
+        ready.put(None)
+
+    reader = threading.Thread(target=read, name="matching-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        reader.join()
+
+
+def _is_done(f: h5py.File, key: str) -> bool:
+    return key in f and bool(f[key].attrs.get("done", False))
+
+
+def _write(f: h5py.File, key: str, matches: np.ndarray, scores: np.ndarray) -> None:
+    if key in f:
+        del f[key]
+    g = f.create_group(key)  # creates the parent group h5_key(a) when needed
+    g.create_dataset("matches", data=matches.astype(np.int32).reshape(-1, 2))
+    g.create_dataset("scores", data=scores.astype(np.float32).reshape(-1))
+    g.attrs["done"] = True
+
+
+def count_done(path: Path, pairs: list[tuple[str, str]] | None = None) -> int:
+    """Pairs matched in the matches.h5 at `path` (those of `pairs` when given; 0 if no file)."""
+    if not Path(path).is_file():
+        return 0
+    with h5py.File(path, "r") as f:
+        done = done_keys(f)
+    if pairs is None:
+        return len(done)
+    return sum(pair_key(a, b) in done for a, b in pairs)
+
+
+def load_matches(path: Path, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """matches [M x 2] int32 and scores [M] float32 of pair (a, b) from a matches.h5.
+
+    Raises ImcError when the pair is absent (never matched, or an image failed)."""
+    key = pair_key(a, b)
+    with h5py.File(path, "r") as f:
+        if key not in f or not f[key].attrs.get("done", False):
+            raise ImcError(f"{path}: no matches for pair ({a}, {b})")
+        return f[key]["matches"][()], f[key]["scores"][()]
