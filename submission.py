@@ -21,10 +21,9 @@ from pathlib import Path
 
 from imc import config, formats, pipeline, settings
 from imc.budget import DEFAULT_SECONDS
+from imc.cli import FAILED_DATASETS
 from imc.errors import ImcError
 from imc.log import setup_logging
-
-FAILED_DATASETS = 3  # exit status: submission written, some datasets failed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ from .errors import ImcError
 from .log import logger, setup_logging
 from .submission import check_submission, read_submission
 
-FAILED_DATASETS = 3  # as the Kaggle entry point (submission.py) says it
+FAILED_DATASETS = 3  # exit status: run finished, some datasets failed (submission.py too)
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:

@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write_text, safe_name
-from .csvio import parse_floats
 from .data import OUTLIERS, Dataset
+from .metric_common import parse_poses
+from .metrics import centres
 from .registration import register_by_horn
 
 SKIP = 2  # the tightest thresholds, which the IMC2025 mAA leaves out (imc.metrics)
@@ -43,27 +44,18 @@ FOCAL_OFF = 0.1
 DISTORTION_OFF = 0.1
 
 
-def centre(rotation: str, translation: str) -> np.ndarray:
-    """[3] camera centre of a submission row's pose text (NaN when unregistered)."""
-    try:
-        R = parse_floats(rotation, 9).reshape(3, 3)
-        t = parse_floats(translation, 3)
-    except Exception:
-        return np.full(3, np.nan)
-    return -R.T @ t
-
-
 def scene_errors(dataset: Dataset, rows: pd.DataFrame, clusters: dict[str, str | None]):
     """image -> (error, scored thresholds passed, scored thresholds) for the images of each
     scene that sit in the cluster matched to their scene (the metric scores the thresholds
     after the SKIP tightest); rows: the dataset's submission rows."""
     sub = {r.image: r for r in rows.itertuples()}
+    centre = dict(zip(rows["image"], centres(*parse_poses(rows, "submission", "image"))))
     out: dict[str, tuple[float, int, int]] = {}
     for scene in dataset.reference_scenes():
         cluster, ths = clusters.get(scene), dataset.thresholds[scene]
         images = [im for im in dataset.images if im.scene == scene]
         mine = [im for im in images if cluster is not None and sub[im.name].scene == cluster]
-        ev = np.array([centre(*_pose(sub[im.name])) for im in mine]).reshape(-1, 3)
+        ev = np.array([centre[im.name] for im in mine]).reshape(-1, 3)
         gt = np.array([im.center for im in mine]).reshape(-1, 3)
         reg = register_by_horn(ev, gt, ths)
         for k, im in enumerate(np.array(mine, dtype=object)[reg.valid]):
@@ -71,10 +63,6 @@ def scene_errors(dataset: Dataset, rows: pd.DataFrame, clusters: dict[str, str |
             scored = err[SKIP:] < ths[SKIP:]
             out[im.name] = (float(err.min()), int(np.sum(scored)), len(scored))
     return out
-
-
-def _pose(row) -> tuple[str, str]:
-    return row.rotation_matrix, row.translation_vector
 
 
 def pair_evidence(summary: dict | None) -> dict[str, list[tuple[str, int]]]:
@@ -87,11 +75,14 @@ def pair_evidence(summary: dict | None) -> dict[str, list[tuple[str, int]]]:
     return out
 
 
-def cameras(run_dataset_dir: Path, summary: dict | None) -> dict[str, dict]:
-    """image -> {focal, size, k, cluster_median_focal} from the exported models."""
+def cameras(run_dataset_dir: Path, dataset: Dataset) -> dict[str, dict]:
+    """image -> {focal, size, k, median_focal} from the exported models (median_focal: of the
+    model's cameras of the same size)."""
     import pycolmap
 
-    paths = {str(Path(p).resolve()): n for n, p in (summary or {}).get("images", {}).items()}
+    from .stages.reconstruction import database_names  # pycolmap's names of the images
+
+    name_of = {db: name for name, db in database_names(dataset)[1].items()}
     out: dict[str, dict] = {}
     for model_dir in sorted((run_dataset_dir / "models").glob("*")):
         if not (model_dir / "images.bin").exists():
@@ -99,7 +90,7 @@ def cameras(run_dataset_dir: Path, summary: dict | None) -> dict[str, dict]:
         rec = pycolmap.Reconstruction(str(model_dir))
         found = {}
         for im in rec.images.values():
-            name = next((n for p, n in paths.items() if p.endswith("/" + im.name)), None)
+            name = name_of.get(im.name)
             if name is None or not im.has_pose:
                 continue
             cam = rec.cameras[im.camera_id]
@@ -153,7 +144,7 @@ def diagnose_dataset(
         summary = json.loads((run_ds / "summary.json").read_text())
     errors = scene_errors(dataset, rows, clusters)
     evidence = pair_evidence(summary)
-    cams = cameras(run_ds, summary) if run_ds is not None else {}
+    cams = cameras(run_ds, dataset) if run_ds is not None else {}
     sub = {r.image: r.scene for r in rows.itertuples()}
     out = []
     for im in dataset.images:
