@@ -41,17 +41,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from . import poses
 from .budget import Budget, DatasetPlan, MatchingJob, degrade
-from .cache import atomic_write_text, h5_key, safe_name, stage_dir
+from .cache import atomic_write_text, safe_name, stage_dir
 from .data import OUTLIERS, Competition, Dataset, Prediction, Predictions
 from .log import logger, setup_logging
 from .settings import available_cores
-from .stages import clustering, mapping, orientation, pairs, retrieval, verification
+from .stages import clustering, feature_file, mapping, orientation, pairs, retrieval, verification
 from .stages import features as features_stage
 from .stages import matching as matching_stage
 from .submission import write_submission
@@ -229,7 +228,10 @@ class Models:
         glue, device = self.lightglue, self.device
         dtype = next(glue.parameters()).dtype
         data = [tuple(matching_stage.inputs(f, device, dtype) for f in pair) for pair in pairs]
-        most = max(d["keypoints"].shape[1] for pair in data for d in pair)
+
+        def most() -> int:
+            return max(d["keypoints"].shape[1] for pair in data for d in pair)
+
         size = matching_stage.batch_size(self.conf["matching"], device, most, dtype)
         out = []
         bar = tqdm(total=len(data), desc="orientation pairs", unit="pair", mininterval=2)
@@ -275,19 +277,19 @@ def run_dataset(
         feats = features_stage.main(conf, inputs, d)
     seconds = sum(stats.stages[ds][s]["seconds"] for s in ("orientation", "features"))
     budget.observe("image", seconds, len(names), plan.level)
-    failed = features_stage.failed_images(feats)
+    failed = feature_file.failed_images(feats)
     report_inputs(dataset, feats, failed)
     good = [n for n in names if n not in failed]
     with stats.stage(ds, "pairs"):
         d = stage_dir(cache, "retrieval", keys["retrieval"])
         glob, pair_list = select_pairs(conf, dataset, feats, good, d, device)
-    with stats.stage(ds, "matching"):
+    with stats.stage(ds, "matching"), verification.Background(conf, feats) as early:
         d = stage_dir(cache, "matching", keys["matching"])
-        job = matching_job(conf, pair_list, feats, glob, d, models)
+        job = matching_job(conf, pair_list, feats, glob, d, models, early.submit)
         matches, pair_list = budget.match(plan, job)
     with stats.stage(ds, "verification"):
         d = stage_dir(cache, "verification", keys["verification"])
-        inputs = verification.Inputs(pair_list, feats, matches)
+        inputs = verification.Inputs(pair_list, feats, matches, early.results)
         verified_path = verification.main(conf, inputs, d)
         verified = verification.load_verified(verified_path, conf["verification"]["min_inliers"])
     with stats.stage(ds, "clustering"):
@@ -329,8 +331,7 @@ def run_dataset(
 def what_ran(conf: dict, models: Models, global_path: Path) -> dict:
     """What the dataset's stages actually used: the preset, the device, the retrieval model
     (DINOv2 and its folder, or the ALIKED fallback), LightGlue's precision and batch size."""
-    with h5py.File(global_path, "r") as f:
-        model, source = str(f.attrs.get("model", "?")), str(f.attrs.get("source", "?"))
+    model, source = retrieval.global_model(global_path)
     retrieval_used = f"dinov2 ({source})" if model == "dinov2" else "aliked"
     if model != "dinov2" and conf["retrieval"]["model"] == "dinov2":
         retrieval_used += " (fallback: no DINOv2 model found; see $IMC_DINOV2)"
@@ -365,15 +366,12 @@ def report_inputs(dataset: Dataset, features_path: Path, failed: dict[str, str])
         logger.warning(
             "dataset %s: unreadable image(s) placed in outliers: %s", dataset.name, listed
         )
-    with h5py.File(features_path, "r") as f:
-        for im in dataset.images:
-            g = f.get(h5_key(im.name))
-            if im.name in failed or g is None or "keypoints" not in g:
-                continue
-            n, (w, h) = len(g["keypoints"]), g.attrs["image_size"]
-            if n < FEW_KEYPOINTS:
-                msg = "image %s (%dx%d) has %d keypoints: it can hardly be registered"
-                logger.warning(msg, im.path, w, h, n)
+    counts = feature_file.keypoint_counts(features_path)
+    few = [im for im in dataset.images if counts.get(im.name, FEW_KEYPOINTS) < FEW_KEYPOINTS]
+    sizes = feature_file.image_sizes(features_path, [im.name for im in few])
+    for im in few:
+        msg = "image %s (%dx%d) has %d keypoints: it can hardly be registered"
+        logger.warning(msg, im.path, *sizes[im.name], counts[im.name])
     by_content: dict[tuple[int, str], list[str]] = {}
     for im in dataset.images:
         if im.name not in failed:
@@ -385,13 +383,20 @@ def report_inputs(dataset: Dataset, features_path: Path, failed: dict[str, str])
 
 
 def matching_job(
-    conf: dict, pair_list: list, feats: Path, global_path: Path, out_dir: Path, models: Models
+    conf: dict,
+    pair_list: list,
+    feats: Path,
+    global_path: Path,
+    out_dir: Path,
+    models: Models,
+    on_matched=None,
 ) -> MatchingJob:
-    """The matching stage as `Budget.match` drives it (imc.budget, points 4 and 5)."""
+    """The matching stage as `Budget.match` drives it (imc.budget, points 4 and 5);
+    `on_matched`: see imc.stages.matching.Inputs (verification while matching)."""
 
     def match(todo: list, deadline: float | None) -> Path:
         inputs = matching_stage.Inputs(
-            todo, feats, models.device, deadline, lambda: models.lightglue
+            todo, feats, models.device, deadline, lambda: models.lightglue, on_matched
         )
         return matching_stage.main(conf, inputs, out_dir)
 

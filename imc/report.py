@@ -28,6 +28,7 @@ from .cache import atomic_write_text, safe_name
 from .data import OUTLIERS, Competition, Dataset
 from .errors import ImcError
 from .log import logger
+from .stages import feature_file
 from .stages.verification import load_verified, pair_counts
 from .submission import read_submission
 
@@ -222,9 +223,7 @@ def write_report(
 
 def read_keypoints(features: Path, name: str) -> np.ndarray:
     """[N x 2] float32 stored keypoints of image `name` in a features.h5."""
-    from .stages.features import load_features  # imc.stages.features imports torch
-
-    return load_features(Path(features), name)["keypoints"]
+    return feature_file.load_features(Path(features), name, ("keypoints",))["keypoints"]
 
 
 def pair_matches(summary: dict, a: str, b: str, kind: str) -> np.ndarray:

@@ -66,12 +66,15 @@ def make_scene(
 
 
 def write_features(scene: dict, names: list[str], path: Path) -> Path:
-    """The features.h5 layout the geometric stages read (keypoints + image_size)."""
+    """The features.h5 layout (imc.stages.feature_file) with the arrays the geometric stages
+    read: keypoints, and the attributes (upright, not rotated)."""
     with h5py.File(path, "w") as f:
         for name, k in zip(names, scene["keypoints"]):
             g = f.create_group(h5_key(name))
             g.create_dataset("keypoints", data=k)
             g.attrs["image_size"] = scene["size"]
+            g.attrs["upright_size"] = scene["size"]
+            g.attrs["rotation"] = 0
             g.attrs["done"] = True
     return path
 

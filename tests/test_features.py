@@ -14,7 +14,7 @@ from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.images import read_image
 from imc.settings import weights_dirs
-from imc.stages import features
+from imc.stages import feature_file, features
 
 CONF = {
     "model": "aliked-n16",
@@ -157,7 +157,7 @@ def test_dark_image_gets_its_strongest_keypoints_up_to_the_floor(model, bench_ro
 def test_floor_leaves_an_image_with_enough_keypoints_alone(model, temple, temple_feats):
     floored = features.extract_image(model, temple[1][0], {**CONF, "min_keypoints": 100})
     assert len(temple_feats[0]["keypoints"]) > 100
-    for name in features.ARRAYS:
+    for name in feature_file.ARRAYS:
         np.testing.assert_array_equal(floored[name], temple_feats[0][name])
 
 
@@ -214,14 +214,14 @@ def test_stage_writes_resumes_and_records_failures(model, temple, temple_feats, 
         assert g.attrs["done"] and g.attrs["rotation"] == 0
         assert tuple(g.attrs["image_size"]) == (640, 480)
         assert tuple(g.attrs["upright_size"]) == (512, 384)
-    loaded = features.load_features(out, "templeR0002.png")
-    for key in features.ARRAYS:
+    loaded = feature_file.load_features(out, "templeR0002.png")
+    for key in feature_file.ARRAYS:
         np.testing.assert_array_equal(loaded[key], temple_feats[1][key])
-    rotated = features.load_features(out, "sub/templeR0001.png")
+    rotated = feature_file.load_features(out, "sub/templeR0001.png")
     assert rotated["rotation"] == 2
-    assert features.failed_images(out).keys() == {"broken.png"}
-    assert "broken.png" in features.failed_images(out)["broken.png"]
+    assert feature_file.failed_images(out).keys() == {"broken.png"}
+    assert "broken.png" in feature_file.failed_images(out)["broken.png"]
     with pytest.raises(ImcError, match="failed"):
-        features.load_features(out, "broken.png")
+        feature_file.load_features(out, "broken.png")
     with pytest.raises(ImcError, match="no features for image 'nope.png'"):
-        features.load_features(out, "nope.png")
+        feature_file.load_features(out, "nope.png")

@@ -235,5 +235,9 @@ def test_stage_in_batches_writes_what_pair_by_pair_writes(models, temple, tmp_pa
 
 def test_batch_size_from_the_device():
     cpu = torch.device("cpu")
-    assert matching.batch_size({"batch_size": 0}, cpu, 4096, torch.float32) == 1
-    assert matching.batch_size({"batch_size": 8}, cpu, 4096, torch.float32) == 8
+
+    def never() -> int:
+        raise AssertionError("the keypoint count is read only for an automatic size on CUDA")
+
+    assert matching.batch_size({"batch_size": 0}, cpu, never, torch.float32) == 1
+    assert matching.batch_size({"batch_size": 8}, cpu, never, torch.float32) == 8

@@ -1,7 +1,11 @@
+import h5py
 import numpy as np
-from synthetic import make_scene
+import pytest
+from synthetic import make_scene, write_features
 
 from imc import config
+from imc.cache import pair_key
+from imc.errors import ImcError
 from imc.stages import orientation, verification
 
 
@@ -85,3 +89,61 @@ def test_an_opencv_assertion_on_degenerate_matches_is_no_geometry():
         {"keypoints_upright": k0}, {"keypoints_upright": k1}, m
     )
     assert orientation_inliers == 0
+
+
+def _matched_files(tmp_path, n_cams=4):
+    """features.h5 and matches.h5 of a synthetic scene: the pairs, and each pair's (matches,
+    scores) as matching hands them over."""
+    scene = make_scene(n_cams=n_cams, outlier_frac=0.3)
+    names = [f"im{i}.png" for i in range(n_cams)]
+    feats = write_features(scene, names, tmp_path / "features.h5")
+    keys = sorted(scene["matches"])
+    pairs = [(names[i], names[j]) for i, j in keys]
+    found = [(scene["matches"][k], np.ones(len(scene["matches"][k]))) for k in keys]
+    with h5py.File(tmp_path / "matches.h5", "w") as f:
+        for (a, b), (m, _) in zip(pairs, found):
+            f.create_group(pair_key(a, b)).create_dataset("matches", data=m.astype(np.int32))
+    return feats, tmp_path / "matches.h5", pairs, found
+
+
+def _verified(path):
+    with h5py.File(path, "r") as f:
+        return {
+            (ka, kb): (g["inliers"][()], g["F"][()], dict(g.attrs))
+            for ka, ga in f.items()
+            for kb, g in ga.items()
+        }
+
+
+def test_verifying_while_matching_writes_what_verification_writes_after(tmp_path):
+    """Background (pairs verified as matching hands them over, in batches) and the stage's own
+    loop give the same verified.h5, array for array."""
+    feats, matches, pairs, found = _matched_files(tmp_path)
+    conf = config.DEFAULTS
+    after = verification.main(conf, verification.Inputs(pairs, feats, matches), tmp_path / "a")
+    with verification.Background(conf, feats) as early:
+        early.submit(pairs[:2], found[:2])  # two batches, as matching hands them over
+        early.submit(pairs[2:], found[2:])
+    assert set(early.results) == set(pairs)
+    inputs = verification.Inputs(pairs, feats, matches, early.results)
+    during = verification.main(conf, inputs, tmp_path / "b")
+    a, b = _verified(after), _verified(during)
+    assert a.keys() == b.keys() and len(a) == len(pairs)
+    for key in a:
+        np.testing.assert_array_equal(a[key][0], b[key][0])
+        np.testing.assert_array_equal(a[key][1], b[key][1])
+        assert a[key][2] == b[key][2]
+        assert len(a[key][0]) > 0
+    # what was verified early is written as it is, not verified again
+    marked = {**early.results, pairs[0]: (np.zeros((0, 2), np.int32), None, 7)}
+    inputs = verification.Inputs(pairs, feats, matches, marked)
+    c = _verified(verification.main(conf, inputs, tmp_path / "c"))
+    first = next(iter(c.values()))
+    assert first[0].shape == (0, 2) and first[2]["num_matches"] == 7
+
+
+def test_an_error_on_the_verification_thread_is_raised_in_the_caller(tmp_path):
+    feats, _, pairs, found = _matched_files(tmp_path, n_cams=2)
+    with pytest.raises(ImcError, match="no features for image 'missing.png'"):
+        with verification.Background(config.DEFAULTS, feats) as early:
+            early.submit([("missing.png", pairs[0][1])], found[:1])

@@ -20,13 +20,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from imc.cache import config_hash, h5_key, h5_name, safe_name
+from imc.cache import config_hash, safe_name
 from imc.data import Competition, Dataset
 from imc.errors import ImcError
 from imc.log import logger
+from imc.stages import feature_file, matching
 from imc.stages import pairs as pairs_stage
 from imc.stages.retrieval import load_global
 
@@ -129,18 +129,10 @@ def load_prepared(dataset: Dataset, summary_path: Path, seconds: float | None) -
             raise ImcError(f"{summary_path}: cached file {p} is missing; delete the summary")
     failed = set(summary["failed"])
     names = [im.name for im in dataset.images if im.name not in failed]
-    keypoints, sizes = {}, {}
-    with h5py.File(features, "r") as f:
-        for n in names:
-            g = f[h5_key(n)]
-            keypoints[n] = g["keypoints"][()].astype(np.float32)
-            sizes[n] = tuple(int(v) for v in g.attrs["image_size"])
-    raw = {}
-    with h5py.File(matches, "r") as f:
-        for ka, ga in f.items():
-            for kb, g in ga.items():
-                if g.attrs.get("done", False):
-                    raw[(h5_name(ka), h5_name(kb))] = g["matches"][()]
+    stored = feature_file.read_array(features, names, "keypoints")
+    keypoints = {n: k.astype(np.float32) for n, k in stored.items()}
+    sizes = feature_file.image_sizes(features, names)
+    raw = matching.load_all_matches(matches)
     global_names, global_desc = load_global(global_path)
     logger.info(
         "tune: %s: %d images, %d matched pairs (cache %s)",

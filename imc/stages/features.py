@@ -1,15 +1,8 @@
 """Local features: ALIKED keypoints and descriptors for every image of a dataset.
 
 Each image is read as stored, rotated by its canonical k x 90 degrees (orientation stage),
-resized to `resize_long_side` and described. Output `features.h5`, one group per image
-(`imc.cache.h5_key(name)`):
-
-    keypoints           [N x 2] float32, stored image pixels (pixel centre at 0)
-    keypoints_upright   [N x 2] float32, pixels of the rotated and resized image (matching)
-    descriptors         [N x 128] float32, L2-normalised
-    scores              [N] float32, detection scores
-    attrs: rotation (k), image_size (W, H) stored, upright_size (W, H) rotated and resized,
-           done; an unreadable image has attrs failed (the message) and done instead.
+resized to `resize_long_side` and described. Output `features.h5`, one group per image; its
+layout and its reader: imc.stages.feature_file.
 """
 
 from __future__ import annotations
@@ -36,8 +29,7 @@ from ..images import (
 )
 from ..log import logger
 from ..weights import load_state_dict, load_strict
-
-ARRAYS = ("keypoints", "keypoints_upright", "descriptors", "scores")
+from .feature_file import ARRAYS
 
 
 @dataclass(frozen=True)
@@ -193,7 +185,7 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
     conf: the whole configuration; reads its features section and
     images.apply_exif_orientation.
     Resumable: images already done with the same rotation are skipped. An unreadable image is
-    logged and recorded as failed (see `failed_images`); the others go on.
+    logged and recorded as failed (see `feature_file.failed_images`); the others go on.
     """
     fconf, dataset, device = conf["features"], inputs.dataset, inputs.device
     out = Path(out_dir) / "features.h5"
@@ -222,34 +214,3 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
             _write(f, h5_key(im.name), extract_image(model, image, fconf, k, device), k)
             f.flush()  # a killed run keeps every image written so far
     return out
-
-
-def load_features(path: Path, name: str) -> dict:
-    """The arrays and attributes of image `name` in a features.h5 (see the module docstring).
-
-    Raises ImcError when the image is absent or its extraction failed.
-    """
-    with h5py.File(path, "r") as f:
-        key = h5_key(name)
-        if key not in f:
-            raise ImcError(f"{path}: no features for image '{name}'")
-        return read_group(f[key], name)
-
-
-def read_group(g: h5py.Group, name: str) -> dict:
-    """One image's group of an open features.h5 -> dict of arrays and attributes."""
-    if "failed" in g.attrs:
-        raise ImcError(f"features of image '{name}' failed: {g.attrs['failed']}")
-    out = {k: g[k][()] for k in ARRAYS}
-    out["image_size"] = tuple(int(v) for v in g.attrs["image_size"])
-    out["upright_size"] = tuple(int(v) for v in g.attrs["upright_size"])
-    out["rotation"] = int(g.attrs["rotation"])
-    return out
-
-
-def failed_images(path: Path) -> dict[str, str]:
-    """Image name -> error message for the images that could not be read."""
-    from ..cache import h5_name
-
-    with h5py.File(path, "r") as f:
-        return {h5_name(k): str(g.attrs["failed"]) for k, g in f.items() if "failed" in g.attrs}

@@ -53,6 +53,7 @@ from ..images import exif_camera
 from ..log import logger
 from ..poses import focal_prior_px
 from . import global_mapping
+from .feature_file import image_sizes
 from .reconstruction import (  # noqa: F401 (re-exported: the mapping stage's building blocks)
     INCREMENTAL_DEFAULTS,
     PIPELINES,
@@ -62,7 +63,6 @@ from .reconstruction import (  # noqa: F401 (re-exported: the mapping stage's bu
     colmap_keypoints,
     database_names,
     focal_prior,
-    image_sizes,
     pipeline_options,
     registered_names,
     run_mapper,

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..cache import done_keys, h5_key, pair_key, resumable_h5
+from ..cache import done_keys, h5_name, pair_key, resumable_h5
 from ..errors import ImcError
 from ..log import logger
 from ..weights import load_state_dict, load_strict
-from .features import failed_images
+from . import feature_file
 
 CACHE_IMAGES = 256  # images whose features stay in memory (and on the device) while matching
 MAX_BATCH = 64
@@ -143,16 +143,18 @@ def match_pair(
     return match_inputs(model, inputs(feats0, device, dtype), inputs(feats1, device, dtype))
 
 
-def batch_size(conf: dict, device: torch.device, keypoints: int, dtype: torch.dtype) -> int:
+def batch_size(
+    conf: dict, device: torch.device, keypoints: Callable[[], int], dtype: torch.dtype
+) -> int:
     """Pairs per forward pass: `conf["batch_size"]`, or for 0 one on the CPU (where point
-    pruning saves more than batching gives) and on CUDA as many pairs of `keypoints` points
-    as half the free device memory holds (at most MAX_BATCH)."""
+    pruning saves more than batching gives) and on CUDA as many pairs of `keypoints()` points
+    (asked only there) as half the free device memory holds (at most MAX_BATCH)."""
     if conf.get("batch_size", 0) > 0:
         return int(conf["batch_size"])
     if device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(device)
-    per_pair = PAIR_BYTES_4096_FP16 * max(keypoints / 4096, 0.25) ** 2
+    per_pair = PAIR_BYTES_4096_FP16 * max(keypoints() / 4096, 0.25) ** 2
     per_pair *= 2 if dtype == torch.float32 else 1
     return int(max(1, min(MAX_BATCH, 0.5 * free // per_pair)))
 
@@ -256,15 +258,8 @@ class _FeatureCache:
         if name in self.items:
             self.items.move_to_end(name)
             return self.items[name]
-        key = h5_key(name)
-        if key not in self.f:
-            raise ImcError(f"{self.f.filename}: no features for image '{name}'")
-        g = self.f[key]
-        feats = {
-            "keypoints_upright": g["keypoints_upright"][()],
-            "descriptors": g["descriptors"][()],
-            "upright_size": tuple(int(v) for v in g.attrs["upright_size"]),
-        }
+        arrays = ("keypoints_upright", "descriptors")
+        feats = feature_file.read_group(feature_file.group(self.f, name), name, arrays)
         self.items[name] = inputs(feats, self.device, self.dtype)
         if len(self.items) > CACHE_IMAGES:
             self.items.popitem(last=False)
@@ -283,6 +278,8 @@ class Inputs:
         (None: no limit).
     load_model: returns the run's LightGlue (imc.pipeline.Models), called when a pair needs
         matching; None: built from the matching section.
+    on_matched: called with each batch of pairs and their (matches, scores) once they are
+        written (imc.stages.verification.Background.submit); None: nothing.
     """
 
     pairs: list[tuple[str, str]]
@@ -290,6 +287,7 @@ class Inputs:
     device: str | torch.device = "cpu"
     deadline: float | None = None
     load_model: Callable[[], torch.nn.Module] | None = None
+    on_matched: Callable[[list, list], None] | None = None
 
 
 def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
@@ -301,7 +299,7 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
     out = Path(out_dir) / "matches.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
     logger.info("matching: %d pairs, %s", len(pairs), mconf)
-    failed = failed_images(features_path)
+    failed = feature_file.failed_images(features_path)
     device = torch.device(inputs.device)
     with resumable_h5(out) as f:
         todo = [(a, b) for a, b in pairs if not _is_done(f, pair_key(a, b))]
@@ -311,19 +309,20 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
         todo = [p for p in todo if p[0] not in failed and p[1] not in failed]
         if todo:
             model = inputs.load_model() if inputs.load_model else build_model(mconf, device)
-            _match_all(model, mconf, todo, features_path, f, device, inputs.deadline)
+            _match_all(model, mconf, todo, inputs, f, device)
     if skipped:
         msg = "matching: %d pairs skipped (unreadable images: %s)"
         logger.warning(msg, len(skipped), failed)
     return out
 
 
-def _match_all(model, conf, todo, features_path, f: h5py.File, device, deadline) -> None:
+def _match_all(model, conf, todo, inputs: Inputs, f: h5py.File, device) -> None:
     """Match `todo` in batches into the open matches.h5 `f`, the next batch's features read
-    on a background thread; stop at `deadline`."""
+    on a background thread; stop at `inputs.deadline`; each batch written is handed to
+    `inputs.on_matched`."""
+    features_path, deadline = inputs.features_path, inputs.deadline
     dtype = next(model.parameters()).dtype
-    with h5py.File(features_path, "r") as ff:
-        size = batch_size(conf, device, _max_keypoints(ff), dtype)
+    size = batch_size(conf, device, lambda: _max_keypoints(features_path), dtype)
     if size > 1:
         logger.info("matching: %d pairs per forward pass", size)
     batches = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -338,13 +337,14 @@ def _match_all(model, conf, todo, features_path, f: h5py.File, device, deadline)
             for (a, b), (matches, scores) in zip(batch, found):
                 _write(f, pair_key(a, b), matches, scores)
             f.flush()  # a killed run keeps every pair written so far (about 3 ms)
+            if inputs.on_matched is not None:
+                inputs.on_matched(batch, found)
             bar.update(len(batch))
 
 
-def _max_keypoints(ff: h5py.File) -> int:
-    """The most keypoints of one image in an open features.h5."""
-    counts = [len(g["keypoints_upright"]) for g in ff.values() if "keypoints_upright" in g]
-    return max(counts, default=0)
+def _max_keypoints(features_path: Path) -> int:
+    """The most keypoints of one image in a features.h5."""
+    return max(feature_file.keypoint_counts(features_path).values(), default=0)
 
 
 def _prefetch(
@@ -407,6 +407,17 @@ def count_done(path: Path, pairs: list[tuple[str, str]] | None = None) -> int:
     if pairs is None:
         return len(done)
     return sum(pair_key(a, b) in done for a, b in pairs)
+
+
+def load_all_matches(path: Path) -> dict[tuple[str, str], np.ndarray]:
+    """(a, b) -> matches [M x 2] int32 of every pair done in a matches.h5, in key order."""
+    with h5py.File(path, "r") as f:
+        return {
+            (h5_name(ka), h5_name(kb)): g["matches"][()]
+            for ka, ga in f.items()
+            for kb, g in ga.items()
+            if g.attrs.get("done", False)
+        }
 
 
 def load_matches(path: Path, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:

@@ -16,15 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pycolmap
 
-from ..cache import h5_key
 from ..colmap_options import INCREMENTAL_DEFAULTS, PIPELINE_OPTIONS, set_option
 from ..data import Dataset, Prediction
 from ..errors import ImcError
 from ..log import logger
+from .feature_file import image_sizes, read_array
 
 PIPELINES = set(PIPELINE_OPTIONS)
 COLMAP_PIXEL_CENTRE = 0.5  # px: where COLMAP puts a pixel's centre; imc puts it at 0
@@ -43,18 +42,8 @@ def colmap_keypoints(features_path: Path, names: Iterable[str]) -> dict[str, np.
     The one place where keypoints change convention. float64 holds k + 0.5 of the stored
     float32 k exactly (the database writer rounds it back to float32).
     """
-    with h5py.File(features_path, "r") as ff:
-        return {
-            n: ff[h5_key(n)]["keypoints"][()].astype(np.float64).reshape(-1, 2)
-            + COLMAP_PIXEL_CENTRE
-            for n in names
-        }
-
-
-def image_sizes(features_path: Path, names: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """Each image's stored size: name -> (width, height) in pixels, from features.h5."""
-    with h5py.File(features_path, "r") as ff:
-        return {n: tuple(int(v) for v in ff[h5_key(n)].attrs["image_size"]) for n in names}
+    stored = read_array(features_path, names, "keypoints")
+    return {n: k.astype(np.float64).reshape(-1, 2) + COLMAP_PIXEL_CENTRE for n, k in stored.items()}
 
 
 def build_database(

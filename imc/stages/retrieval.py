@@ -47,6 +47,7 @@ from ..errors import ImcError, WeightsError
 from ..images import ImageReadError, read_image
 from ..log import logger
 from ..settings import dinov2_dirs, kaggle_input, weights_dirs
+from . import feature_file
 
 MODELS = ("dinov2", "aliked")
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -220,11 +221,11 @@ def local_descriptors_from_h5(features_path: str | Path) -> Callable[[str], np.n
     features_path = Path(features_path)
 
     def read(name: str) -> np.ndarray:
-        with h5py.File(features_path, "r") as f:
-            key = h5_key(name)
-            if key not in f or "descriptors" not in f[key]:
-                raise ImcError(f"{features_path}: no descriptors for image '{name}'")
-            return f[key]["descriptors"][()].astype(np.float32)
+        try:
+            arrays = feature_file.load_features(features_path, name, ("descriptors",))
+        except ImcError:  # absent, or unreadable (reported by the features stage)
+            raise ImcError(f"{features_path}: no descriptors for image '{name}'") from None
+        return arrays["descriptors"].astype(np.float32)
 
     return read
 
@@ -367,6 +368,13 @@ def _write_aliked(
 def _write(f: h5py.File, name: str, index: int, desc: np.ndarray) -> None:
     ds = f.create_dataset(h5_key(name), data=desc.astype(np.float32))
     ds.attrs["index"] = index
+
+
+def global_model(path: str | Path) -> tuple[str, str]:
+    """Which model made a `global.h5`: (model name, where its weights came from); "?" each
+    when the file does not say."""
+    with h5py.File(path, "r") as f:
+        return str(f.attrs.get("model", "?")), str(f.attrs.get("source", "?"))
 
 
 def load_global(path: str | Path) -> tuple[list[str], np.ndarray]:

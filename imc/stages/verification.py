@@ -8,6 +8,8 @@ keypoints), F [3 x 3] float64 (x1^T F x0 = 0 in stored pixels) and attrs num_mat
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..cache import h5_key, h5_name, pair_key, resumable_h5
+from ..cache import h5_name, pair_key, resumable_h5
 from ..log import logger
+from . import feature_file
 
 METHODS = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.FM_RANSAC, "lmeds": cv2.FM_LMEDS}
 
@@ -118,14 +121,12 @@ class _Keypoints:
     image read once."""
 
     def __init__(self, f: h5py.File):
-        from .features import read_group  # imc.stages.features imports torch
-
-        self.f, self.read_group = f, read_group
+        self.f = f
         self.items: dict[str, tuple[np.ndarray, tuple[int, int]]] = {}
 
     def __getitem__(self, name: str) -> tuple[np.ndarray, tuple[int, int]]:
         if name not in self.items:
-            feats = self.read_group(self.f[h5_key(name)], name)
+            feats = feature_file.read_group(feature_file.group(self.f, name), name, ("keypoints",))
             self.items[name] = feats["keypoints"], feats["image_size"]
         return self.items[name]
 
@@ -139,11 +140,14 @@ class Inputs:
     features_path: the features stage's `features.h5` (imc.stages.features: stored keypoints and
         image sizes).
     matches_path: the matching stage's `matches.h5` (imc.stages.matching).
+    early: pairs already verified while they were matched (`Background.results`), written as
+        they are instead of verified again.
     """
 
     pairs: list[tuple[str, str]]
     features_path: Path
     matches_path: Path
+    early: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None, int]] | None = None
 
 
 def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
@@ -153,8 +157,10 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
     conf: the whole configuration; reads its verification section and
     features.resize_long_side (the scale of the threshold, `pair_threshold`)."""
     vconf, fconf, pairs = conf["verification"], conf["features"], inputs.pairs
+    early = inputs.early or {}
     out = Path(out_dir) / "verified.h5"
-    logger.info("verification: %d pairs, %s", len(pairs), vconf)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("verification: %d pairs (%d verified early), %s", len(pairs), len(early), vconf)
     with (
         h5py.File(inputs.features_path, "r") as ff,
         h5py.File(inputs.matches_path, "r") as fm,
@@ -165,20 +171,85 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
             key = pair_key(a, b)
             if key in fo and fo[key].attrs.get("done", False):
                 continue
+            if (a, b) in early:
+                _write(fo, key, *early[(a, b)])
+                continue
             if key not in fm:
                 continue
             (k0, size0), (k1, size1) = images[a], images[b]
             matches = fm[key]["matches"][()]
             inliers, F, _ = verify_matches(vconf, fconf, k0, k1, size0, size1, matches)
-            if key in fo:
-                del fo[key]
-            g = fo.create_group(key)
-            g.create_dataset("inliers", data=inliers)
-            g.create_dataset("F", data=F if F is not None else np.full((3, 3), np.nan))
-            g.attrs["num_matches"] = len(matches)
-            g.attrs["num_inliers"] = len(inliers)
-            g.attrs["done"] = True
+            _write(fo, key, inliers, F, len(matches))
     return out
+
+
+def _write(
+    f: h5py.File, key: str, inliers: np.ndarray, F: np.ndarray | None, num_matches: int
+) -> None:
+    if key in f:
+        del f[key]
+    g = f.create_group(key)
+    g.create_dataset("inliers", data=inliers)
+    g.create_dataset("F", data=F if F is not None else np.full((3, 3), np.nan))
+    g.attrs["num_matches"] = num_matches
+    g.attrs["num_inliers"] = len(inliers)
+    g.attrs["done"] = True
+
+
+class Background:
+    """Verification of pairs as they are matched, on a thread of its own (OpenCV releases the
+    GIL), so that it overlaps the matching of the next batch:
+
+        with Background(conf, features_path) as early:
+            ... matching.Inputs(..., on_matched=early.submit) ...
+        verification.Inputs(pairs, features_path, matches_path, early.results)
+
+    The same computation as `main` (verify_matches on the same keypoints and matches), so the
+    results are those `main` would write. Leaving the block waits for the pairs submitted; an
+    error of the thread is raised there."""
+
+    def __init__(self, conf: dict, features_path: Path):
+        self.vconf, self.fconf, self.features_path = (
+            conf["verification"],
+            conf["features"],
+            Path(features_path),
+        )
+        self.results: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None, int]] = {}
+        self._todo: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="verification", daemon=True)
+
+    def __enter__(self) -> Background:
+        self._thread.start()
+        return self
+
+    def submit(self, pairs: list[tuple[str, str]], found: list[tuple[np.ndarray, np.ndarray]]):
+        """Queue matched pairs: (a, b) and their (matches [M x 2], scores [M])."""
+        for ab, (matches, _) in zip(pairs, found):
+            self._todo.put((ab, matches))
+
+    def _run(self) -> None:
+        try:
+            with h5py.File(self.features_path, "r") as ff:
+                images = _Keypoints(ff)
+                while (item := self._todo.get()) is not None and not self._stop.is_set():
+                    (a, b), matches = item
+                    (k0, size0), (k1, size1) = images[a], images[b]
+                    inliers, F, _ = verify_matches(
+                        self.vconf, self.fconf, k0, k1, size0, size1, matches
+                    )
+                    self.results[(a, b)] = (inliers, F, len(matches))
+        except BaseException as e:  # raised by __exit__ in the caller's thread
+            self._error = e
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None:
+            self._stop.set()
+        self._todo.put(None)
+        self._thread.join()
+        if self._error is not None and error is None:
+            raise self._error
 
 
 def _groups(f: h5py.File, pairs: list[tuple[str, str]] | None):
