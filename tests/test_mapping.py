@@ -201,6 +201,53 @@ def test_groups_with_too_few_registered_images_are_not_shared():
     assert groups == {n: (640, 480) for n in ("a0", "a1", "a2")}
 
 
+@pytest.mark.parametrize("groups_after", ["as_guessed", "fewer", "none"])
+def test_auto_maps_its_two_passes_side_by_side_as_one_after_the_other(
+    tmp_path, monkeypatch, groups_after
+):
+    """With a core to spare, `auto` starts the shared pass beside the per-image one on the
+    groups it guesses (every image registered); the result is the one of the passes mapped one
+    after the other: the same poses, cameras, mapper and passes. When the per-image pass gives
+    other groups (here forced: fewer images, or none), the early pass is dropped and, if any
+    group is left, mapped again on the right groups."""
+    scene = make_scene(n_cams=8, focals=[768] * 4 + [900] * 4)
+    names = [f"im{i}.png" for i in range(8)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    real = mapping.shareable_groups
+    if groups_after == "fewer":
+        monkeypatch.setattr(
+            mapping, "shareable_groups", lambda *a: dict(list(real(*a).items())[:5])
+        )
+    elif groups_after == "none":
+        monkeypatch.setattr(mapping, "shareable_groups", lambda *a: {})
+    side = []
+    monkeypatch.setattr(
+        mapping,
+        "_auto_side_by_side",
+        lambda *a, f=mapping._auto_side_by_side: side.append(1) or f(*a),
+    )
+    runs = {}
+    for width in (1, 2):
+        monkeypatch.setattr(mapping, "concurrent_runs", lambda runtime, w=width: w)
+        runs[width] = map_scene(scene, names, ds, feats, tmp_path / f"w{width}")
+        assert not list((tmp_path / f"w{width}").glob("*-shared*"))
+    assert side == [1]  # only the two-wide run took the side-by-side path
+    one, two = runs[1], runs[2]
+    assert (one.cameras, one.mapper, one.shared_groups) == (
+        two.cameras,
+        two.mapper,
+        two.shared_groups,
+    )
+    assert len(one.seconds) == len(two.seconds) == (1 if groups_after == "none" else 2)
+    assert set(one.preds) == set(two.preds) == set(names)
+    for n in names:
+        assert np.array_equal(one.preds[n].R, two.preds[n].R)
+        assert np.array_equal(one.preds[n].t, two.preds[n].t)
+    assert _cameras_in(tmp_path / "w1" / "database.db") == _cameras_in(
+        tmp_path / "w2" / "database.db"
+    )
+
+
 def test_reprojection_error_weighs_models_by_observations(tmp_path):
     scene = make_scene(n_cams=4, noise=0.2)
     names = [f"im{i}.png" for i in range(4)]

@@ -23,7 +23,7 @@ from imc.submission import predictions_from_frame, read_submission
 from tuning import space as space_mod
 from tuning.cli import choose_datasets
 from tuning.prepare import Prepared
-from tuning.report import mask_password, verdict
+from tuning.report import leave_one_out, loo_markdown, mask_password, verdict
 
 WALL = ["wall_00.png", "wall_01.png", "wall_03.png", "wall_04.png", "wall_06.png", "outlier_00.png"]
 BOXES = ["boxes_00.png", "boxes_01.png", "boxes_02.png", "boxes_04.png", "boxes_05.png"]
@@ -181,6 +181,33 @@ def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("tune")
     small_competition(work, {"wall": WALL, "boxes": BOXES})
     return work
+
+
+def test_leave_one_dataset_out_chooses_on_the_others_and_scores_the_one_left_out():
+    """Trial 1 is best on A and B, trial 2 on all three (thanks to C, where 1 is poor), trial 3
+    lacks C (pruned) and takes no part; trial 4 ties with trial 2 and loses to its lower
+    number."""
+    scores = {
+        0: {"A": 50, "B": 50, "C": 50},
+        1: {"A": 90, "B": 80, "C": 5},
+        2: {"A": 40, "B": 40, "C": 100},
+        3: {"A": 100, "B": 100},
+        4: {"A": 40, "B": 40, "C": 100},
+    }
+    loo = leave_one_out(scores, ["A", "B", "C"])
+    assert loo["trials"] == 4 and loo["in_sample_trial"] == 2  # mean 60 against 58.3
+    rows = loo["datasets"]
+    assert (rows["A"]["chosen_trial"], rows["A"]["held_out"]) == (2, 40)  # on B, C: 70
+    assert (rows["B"]["chosen_trial"], rows["B"]["held_out"]) == (2, 40)
+    assert (rows["C"]["chosen_trial"], rows["C"]["held_out"]) == (1, 5)  # on A, B: 85
+    assert [r["in_sample"] for r in rows.values()] == [40, 40, 100]
+    assert loo["held_out_mean"] == pytest.approx(85 / 3)
+    assert loo["in_sample_mean"] == pytest.approx(60)
+    text = "\n".join(loo_markdown(loo))
+    assert "| C | 1 | 5.00 | 100.00 |" in text and "+31.67 points" in text
+    assert leave_one_out(scores, ["A", "B"]) is None  # too few datasets to leave one out
+    assert leave_one_out({3: scores[3]}, ["A", "B", "C"]) is None
+    assert loo_markdown(None) == []
 
 
 def test_study_is_deterministic_and_its_best_config_reproduces_in_imc_run(work, tmp_path):

@@ -152,6 +152,9 @@ def write(
         "best_params": best.params if best else None,
         "default_params": defaults,
         "scores": scores,
+        "leave_one_out": leave_one_out(
+            {t.number: t.user_attrs.get("scores", {}) for t in complete}, tuning
+        ),
         "timings": timings(study, objective),
         "figures": figures,
     }
@@ -179,6 +182,7 @@ def markdown(summary: dict, tuning: list[str], holdout: list[str], out_dir: Path
         b = _mean(sc["best"][group]) if "best" in sc else None
         lines.append(f"| **mean** | {group} | **{_fmt(d)}** | **{_fmt(b)}** |")
     lines += ["", verdict(sc), ""]
+    lines += loo_markdown(summary.get("leave_one_out"))
     lines += ["## Best parameters", ""]
     if summary["best_params"] is None:
         lines.append("No complete trial yet.")
@@ -220,3 +224,59 @@ def verdict(sc: dict) -> str:
         f"Tuning set: {gain_t:+.2f} points over the defaults. Held-out set: {gain_h:+.2f} points: "
         f"the best configuration {word} the held-out score."
     )
+
+
+def leave_one_out(trial_scores: dict[int, dict[str, float]], datasets: list[str]) -> dict | None:
+    """Leave-one-dataset-out over the complete trials (number -> dataset -> score; trials
+    without a score for every one of `datasets` are left out): for each dataset, the trial
+    that scores best on the others (mean; ties: the lower number) and its score on the one left
+    out (held out), beside the score there of the trial best on all of them (in sample).
+    None with fewer than three datasets or no complete trial."""
+    trials = {n: s for n, s in trial_scores.items() if all(d in s for d in datasets)}
+    if len(datasets) < 3 or not trials:
+        return None
+
+    def best(names: list[str]) -> int:
+        return max(sorted(trials), key=lambda n: statistics.fmean(trials[n][d] for d in names))
+
+    in_sample = best(datasets)
+    rows = {}
+    for d in datasets:
+        chosen = best([x for x in datasets if x != d])
+        rows[d] = {
+            "chosen_trial": chosen,
+            "held_out": trials[chosen][d],
+            "in_sample": trials[in_sample][d],
+        }
+    return {
+        "trials": len(trials),
+        "in_sample_trial": in_sample,
+        "datasets": rows,
+        "held_out_mean": statistics.fmean(r["held_out"] for r in rows.values()),
+        "in_sample_mean": statistics.fmean(r["in_sample"] for r in rows.values()),
+    }
+
+
+def loo_markdown(loo: dict | None) -> list[str]:
+    """The leave-one-dataset-out section of report.md (nothing when there is none)."""
+    if not loo:
+        return []
+    lines = ["## Leave one dataset out", ""]
+    lines += [
+        f"Over the {loo['trials']} complete trials: each dataset's score under the trial chosen "
+        "on the other datasets (held out), and under the trial best on all of them "
+        f"(in sample, trial {loo['in_sample_trial']}).",
+        "",
+        "| dataset | chosen trial | held out | in sample |",
+        "|---|---:|---:|---:|",
+    ]
+    for d, r in loo["datasets"].items():
+        lines.append(
+            f"| {d} | {r['chosen_trial']} | {_fmt(r['held_out'])} | {_fmt(r['in_sample'])} |"
+        )
+    lines.append(
+        f"| **mean** | | **{_fmt(loo['held_out_mean'])}** | **{_fmt(loo['in_sample_mean'])}** |"
+    )
+    gap = loo["in_sample_mean"] - loo["held_out_mean"]
+    lines += ["", f"In-sample mean minus held-out mean: {gap:+.2f} points.", ""]
+    return lines

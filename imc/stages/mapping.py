@@ -17,6 +17,9 @@ lengths 768 and 900 px, 0.34 px per image, 0.67 px shared; the same camera: 0.34
 imc-bench's one-camera datasets: within 3 %). A per-image focal length is a poor witness on its
 own: on a narrow-angle ring (dinoSparseRing, about 11 degrees of field) the per-image estimates
 scatter by 8-12 % although one camera took every image.
+Without a time limit and with a second core, the shared pass starts beside the per-image one,
+on the groups every image would give, and is mapped again only if the per-image pass registers
+too few of a group (`_auto_side_by_side`): the same result, in about the time of the longer pass.
 
 The global pipeline (`mapper: global`) and the global fallback of incremental mapping
 (`global_fallback`, which pairs the global pipeline is given, which of its models are kept):
@@ -41,7 +44,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pycolmap
@@ -54,6 +58,7 @@ from ..log import logger
 from ..poses import focal_prior_px
 from . import global_mapping
 from .feature_file import image_sizes
+from .global_mapping import concurrent_runs
 from .reconstruction import (  # noqa: F401 (re-exported: the mapping stage's building blocks)
     INCREMENTAL_DEFAULTS,
     PIPELINES,
@@ -130,7 +135,11 @@ def shareable_groups(
 ) -> dict[str, tuple]:
     """The images (name -> key) of the camera groups with at least MIN_GROUP_IMAGES images
     registered in `models`."""
-    seen = set().union(*(registered_names(m, name_of) for m in models))
+    return _groups_with_enough(keys, set().union(*(registered_names(m, name_of) for m in models)))
+
+
+def _groups_with_enough(keys: dict[str, tuple], seen: set[str]) -> dict[str, tuple]:
+    """The images (name -> key) of the groups with at least MIN_GROUP_IMAGES images in `seen`."""
     counts: dict[tuple, int] = {}
     for name in seen:
         counts[keys[name]] = counts.get(keys[name], 0) + 1
@@ -269,8 +278,11 @@ def _close_colmap_log(out_dir: Path) -> None:
 def map_passes(run: MappingRun, mode: str, keys: dict[str, tuple]) -> list[pycolmap.Reconstruction]:
     """The first pass (per-image cameras; in `shared` mode, the cameras of `keys` shared), then
     in `auto` mode a second pass with the shareable groups' cameras shared, kept if it does
-    better (module docstring). Returns the kept pass's models, largest first."""
+    better (module docstring). Returns the kept pass's models, largest first. Without a time
+    limit and with a core to spare, `auto` maps both passes at once (_auto_side_by_side)."""
     result = run.result
+    if mode == "auto" and math.isinf(run.end) and concurrent_runs(run.runtime) > 1:
+        return _auto_side_by_side(run, keys)
     models, result.mapper = one_pass(run, keys if mode == "shared" else {}, "")
     if mode == "shared":
         result.cameras, result.shared_groups = "shared", len(set(keys.values()))
@@ -279,17 +291,50 @@ def map_passes(run: MappingRun, mode: str, keys: dict[str, tuple]) -> list[pycol
         if groups and run.end - time.monotonic() < result.seconds[0]:
             logger.warning("mapping %s: no time for a pass with shared cameras", run.dataset)
         elif groups:
-            models = _shared_pass(run, models, groups)
+            second, second_mapper = one_pass(run, groups, "-shared")
+            models = _choose(run, models, groups, second, second_mapper)
     return models
 
 
-def _shared_pass(
-    run: MappingRun, models: list[pycolmap.Reconstruction], groups: dict[str, tuple]
+def _auto_side_by_side(run: MappingRun, keys: dict[str, tuple]) -> list[pycolmap.Reconstruction]:
+    """`auto` with the shared pass started beside the per-image one, on the groups it gets when
+    every image registers (`shareable_groups` of all of `keys`). If the per-image pass leaves
+    a group short of MIN_GROUP_IMAGES, so that its groups differ, the early shared pass is
+    discarded and mapped again on the right groups. Each pass is deterministic on its own
+    (`runtime.mapping_threads`), so this gives what one pass after the other gives (tested);
+    only the wall time differs."""
+    result = run.result
+    guess = _groups_with_enough(keys, set(keys))
+    early = replace(run, result=MappingResult())  # the shared pass's own record
+    with ThreadPoolExecutor(1, thread_name_prefix="shared-pass") as pool:
+        ahead = pool.submit(one_pass, early, guess, "-shared") if guess else None
+        models, result.mapper = one_pass(run, {}, "")
+        second, second_mapper = ahead.result() if ahead else ([], "")
+    groups = shareable_groups(models, run.name_of, keys)
+    if result.stopped or not groups:
+        _discard(run.out_dir, "-shared")
+        return models
+    if groups != guess:
+        _discard(run.out_dir, "-shared")
+        second, second_mapper = one_pass(run, groups, "-shared")
+    else:  # what the shared pass would have written into the run's record
+        result.seconds += early.result.seconds
+        result.stopped |= early.result.stopped
+        result.global_pairs = early.result.global_pairs or result.global_pairs
+    return _choose(run, models, groups, second, second_mapper)
+
+
+def _choose(
+    run: MappingRun,
+    models: list[pycolmap.Reconstruction],
+    groups: dict[str, tuple],
+    second: list[pycolmap.Reconstruction],
+    second_mapper: str,
 ) -> list[pycolmap.Reconstruction]:
-    """Map again with one camera per group of `groups` (name -> key); keep whichever of the two
-    passes registers more images, or as many within `reprojection_tolerance`."""
+    """Of the per-image pass (`models`) and the pass with one camera per group of `groups`
+    (name -> key; `second`), keep whichever registers more images, or as many within
+    `reprojection_tolerance`."""
     conf, result = run.conf, run.result
-    second, second_mapper = one_pass(run, groups, "-shared")
     n1, n2 = (registered(m, run.name_of, conf["min_model_size"]) for m in (models, second))
     e1, e2 = reprojection_error(models), reprojection_error(second)
     logger.info(
