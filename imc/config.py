@@ -49,6 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "features": {
         "model": "aliked-n16",
         "resize_long_side": 1024,
+        "min_long_side": 0,  # smaller images are upscaled to this long side (0: never)
         "max_keypoints": 2048,
         "detection_threshold": 0.2,
         "min_keypoints": 512,  # below this many above the threshold, take the strongest ones
@@ -235,6 +236,7 @@ EXPECT: dict[str, dict[str, Expect]] = {
     "features": {
         "model": one_of(*FEATURE_MODELS),
         "resize_long_side": integer(0),  # 0: the stored size
+        "min_long_side": integer(0),
         "max_keypoints": integer(0),
         "detection_threshold": number(0.0),
         "min_keypoints": integer(0),

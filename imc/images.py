@@ -119,17 +119,25 @@ def exif_camera(path: str | Path) -> tuple[str, str, float] | None:
     return str(make).strip(), str(model).strip(), round(focal, 3)
 
 
-def resize_long_side(image: np.ndarray, long_side: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Resize so that max(H, W) == long_side (never upscales; None keeps the size).
+def resize_long_side(
+    image: np.ndarray, long_side: int | None, min_long_side: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize so that max(H, W) == long_side when it is larger (INTER_AREA), or up to
+    `min_long_side` (at most `long_side`) when it is smaller (INTER_CUBIC); otherwise, and for
+    None or 0, keep the size.
 
     Returns: the resized image and scale [2] = (W_new / W, H_new / H).
     """
     h, w = image.shape[:2]
-    if not long_side or max(h, w) <= long_side:
+    if long_side and max(h, w) > long_side:
+        target, interpolation = long_side, cv2.INTER_AREA
+    elif min_long_side and max(h, w) < min(min_long_side, long_side or min_long_side):
+        target, interpolation = min(min_long_side, long_side or min_long_side), cv2.INTER_CUBIC
+    else:
         return image, np.ones(2)
-    s = long_side / max(h, w)
+    s = target / max(h, w)
     new_w, new_h = max(1, round(w * s)), max(1, round(h * s))
-    out = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    out = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
     return out, np.array([new_w / w, new_h / h])
 
 

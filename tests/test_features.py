@@ -77,6 +77,17 @@ def test_real_images_shapes_and_bounds(temple_feats):
         np.testing.assert_allclose(k, (f["keypoints_upright"] + 0.5) / 0.8 - 0.5, atol=1e-4)
 
 
+def test_a_small_image_is_upscaled_to_min_long_side(model, temple):
+    """640 x 480 up to 1024: keypoints found in the upscaled image, given in the stored frame."""
+    f = features.extract_image(
+        model, temple[1][0], {**CONF, "resize_long_side": 1024, "min_long_side": 1024}
+    )
+    assert f["image_size"] == (640, 480) and f["upright_size"] == (1024, 768)
+    k = f["keypoints"]
+    assert len(k) > 200 and k.min() >= -0.5 and k[:, 0].max() <= 639.5 and k[:, 1].max() <= 479.5
+    np.testing.assert_allclose(k, (f["keypoints_upright"] + 0.5) / 1.6 - 0.5, atol=1e-4)
+
+
 def test_rotation_round_trip_is_exact(model, temple, temple_feats):
     """A copy rotated 90 degrees clockwise, extracted with k=1, shows the network the original
     pixels: the same upright keypoints, and stored-frame keypoints that are the original ones

@@ -48,6 +48,22 @@ def test_resize_and_point_conventions():
     assert np.allclose(images.rescale_points(np.array([[0.0, 0.0]]), scale), [[0.5, 0.5]])
 
 
+def test_small_images_are_upscaled_to_min_long_side_and_never_past_long_side():
+    img = np.zeros((300, 400, 3), np.uint8)
+    big, scale = images.resize_long_side(img, 1000, min_long_side=800)
+    assert big.shape == (600, 800, 3) and np.allclose(scale, 2)
+    capped, scale = images.resize_long_side(img, 600, min_long_side=800)
+    assert capped.shape == (450, 600, 3) and np.allclose(scale, 1.5)
+    same, s1 = images.resize_long_side(img, 1000, min_long_side=400)  # already that large
+    assert same is img and np.allclose(s1, 1)
+    down, s2 = images.resize_long_side(img, 200, min_long_side=800)  # larger than long_side
+    assert down.shape == (150, 200, 3) and np.allclose(s2, 0.5)
+    # the centre of the upscaled top-left pixel maps to a quarter of the original one
+    assert np.allclose(
+        images.rescale_points(np.array([[0.0, 0.0]]), np.array([2.0, 2.0])), [[-0.25, -0.25]]
+    )
+
+
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
 def test_unrotate_points_inverts_rotate(k):
     img = np.arange(5 * 7).reshape(5, 7)

@@ -1,7 +1,8 @@
 """Local features: ALIKED keypoints and descriptors for every image of a dataset.
 
 Each image is read as stored, rotated by its canonical k x 90 degrees (orientation stage),
-resized to `resize_long_side` and described. Output `features.h5`, one group per image; its
+resized to `resize_long_side` (or up to `min_long_side`: small images are upscaled, 0 by
+default) and described. Output `features.h5`, one group per image; its
 layout and its reader: imc.stages.feature_file.
 """
 
@@ -110,7 +111,9 @@ def extract_image(
     local maxima instead (a superset: every maximum above the threshold is among them).
     """
     h, w = image.shape[:2]
-    upright, scale = resize_long_side(rotate(image, rotation_k), conf["resize_long_side"])
+    upright, scale = resize_long_side(
+        rotate(image, rotation_k), conf["resize_long_side"], conf.get("min_long_side", 0)
+    )
     x = torch.tensor(upright, device=device).permute(2, 0, 1)[None].float() / 255.0
     _set_detection(model, conf)
     with torch.inference_mode():

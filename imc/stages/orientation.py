@@ -181,6 +181,7 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> dict[str, int]:
         "resize_long_side": oconf["resize_long_side"],
         "max_keypoints": oconf["max_keypoints"],
         "min_keypoints": 0,
+        "min_long_side": 0,  # orientation's small features are never upscaled
     }
     model, feats = inputs.load_model(), []
     apply_exif = conf["images"]["apply_exif_orientation"]
