@@ -129,10 +129,11 @@ def resize_long_side(
     Returns: the resized image and scale [2] = (W_new / W, H_new / H).
     """
     h, w = image.shape[:2]
+    up_to = min(min_long_side, long_side) if long_side else min_long_side
     if long_side and max(h, w) > long_side:
         target, interpolation = long_side, cv2.INTER_AREA
-    elif min_long_side and max(h, w) < min(min_long_side, long_side or min_long_side):
-        target, interpolation = min(min_long_side, long_side or min_long_side), cv2.INTER_CUBIC
+    elif max(h, w) < up_to:
+        target, interpolation = up_to, cv2.INTER_CUBIC
     else:
         return image, np.ones(2)
     s = target / max(h, w)

@@ -80,7 +80,9 @@ def fit_fundamental(
 
 
 def pair_threshold(conf: dict, feature_conf: dict, size0, size1) -> float:
-    """conf['threshold'] (pixels at the extraction resolution) -> stored pixels of this pair."""
+    """conf['threshold'] (pixels at the extraction resolution of a downscaled image) -> stored
+    pixels of this pair. An image at or below `resize_long_side`, upscaled by
+    `features.min_long_side` or not, keeps the threshold in its stored pixels."""
     long_side = feature_conf.get("resize_long_side") or 0
     scales = []
     for w, h in (size0, size1):
