@@ -54,6 +54,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "detection_threshold": 0.2,
         "min_keypoints": 512,  # below this many above the threshold, take the strongest ones
         "nms_radius": 2,
+        "sift_max_keypoints": 0,  # SIFT keypoints added to ALIKED's, matched apart (0: none)
     },
     "matching": {
         "model": "lightglue-aliked",
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "half_precision": False,  # CUDA only; ALIKED stays fp32
         "cpu_bfloat16": False,  # bfloat16 LightGlue on CPUs with AMX / AVX-512 bf16
         "batch_size": 0,  # pairs per forward pass; 0: 1 on CPU, from free memory on CUDA
+        "sift_ratio": 0.8,  # Lowe's ratio test of the SIFT matches (features.sift_max_keypoints)
     },
     "verification": {
         "method": "magsac",
@@ -82,6 +84,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_model_size": 3,
         "max_num_models": 50,
         "camera_mode": "auto",  # "auto", "per_image" or "shared" (imc.stages.mapping)
+        "camera_model": "SIMPLE_RADIAL",  # COLMAP's camera model of every camera
         "exif_focal": True,  # start from the EXIF focal length where the header gives it
         "reprojection_tolerance": 0.2,  # auto: keep shared cameras unless the error grows more
         "global_fallback": 0.8,  # map globally too when a pair-graph group is covered below this
@@ -133,6 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 FEATURE_MODELS = ("aliked-n16",)
 MATCHER_MODELS = ("lightglue-aliked",)
 VERIFICATION_METHODS = ("magsac", "ransac", "lmeds")
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,7 @@ EXPECT: dict[str, dict[str, Expect]] = {
         "detection_threshold": number(0.0),
         "min_keypoints": integer(0),
         "nms_radius": integer(0),
+        "sift_max_keypoints": integer(0),
     },
     "matching": {
         "model": one_of(*MATCHER_MODELS),
@@ -250,6 +255,7 @@ EXPECT: dict[str, dict[str, Expect]] = {
         "half_precision": flag(),
         "cpu_bfloat16": flag(),
         "batch_size": integer(0),
+        "sift_ratio": RATIO,
     },
     "verification": {
         "method": one_of(*VERIFICATION_METHODS),
@@ -269,6 +275,7 @@ EXPECT: dict[str, dict[str, Expect]] = {
         "min_model_size": integer(0),
         "max_num_models": integer(1),
         "camera_mode": one_of("auto", "per_image", "shared"),
+        "camera_model": one_of(*CAMERA_MODELS),
         "exif_focal": flag(),
         "reprojection_tolerance": number(0.0),
         "global_fallback": RATIO,

@@ -76,8 +76,9 @@ def pair_evidence(summary: dict | None) -> dict[str, list[tuple[str, int]]]:
 
 
 def cameras(run_dataset_dir: Path, dataset: Dataset) -> dict[str, dict]:
-    """image -> {focal, size, k, median_focal} from the exported models (median_focal: of the
-    model's cameras of the same size)."""
+    """image -> {focal, size, k, median_focal} from the exported models (k: the first
+    distortion parameter, 0 for a pinhole camera; median_focal: of the model's cameras of the
+    same size)."""
     import pycolmap
 
     from .stages.reconstruction import database_names  # pycolmap's names of the images
@@ -94,7 +95,8 @@ def cameras(run_dataset_dir: Path, dataset: Dataset) -> dict[str, dict]:
             if name is None or not im.has_pose:
                 continue
             cam = rec.cameras[im.camera_id]
-            k = float(cam.params[3]) if len(cam.params) > 3 else 0.0
+            extra = cam.extra_params_idxs()  # the first is k (k1) in every radial model
+            k = float(cam.params[extra[0]]) if len(extra) else 0.0
             found[name] = {
                 "focal": float(cam.mean_focal_length()),
                 "size": (cam.width, cam.height),

@@ -10,8 +10,9 @@ of its settings:
     stage         settings it reads                          reads from
     orientation   images, orientation, features.model,       the images, the device
                   features.detection_threshold,
-                  features.nms_radius, matching (LightGlue
-                  matches the rotated copies)
+                  features.nms_radius, matching but
+                  sift_ratio (LightGlue matches the
+                  rotated copies)
     features      images, features                           the images, the device, the rotations
     retrieval     retrieval                                  features
     matching      matching                                   retrieval (its pairs), features
@@ -60,7 +61,9 @@ FEW_KEYPOINTS = 16  # fewer cannot give the 15 inliers a pair needs
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "orientation": (
         "images", "orientation", "features.model", "features.detection_threshold",
-        "features.nms_radius", "matching",
+        "features.nms_radius", "matching.model", "matching.filter_threshold",
+        "matching.depth_confidence", "matching.width_confidence", "matching.half_precision",
+        "matching.cpu_bfloat16", "matching.batch_size",
     ),
     "features": ("images", "features"),
     "retrieval": ("retrieval",),

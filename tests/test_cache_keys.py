@@ -23,6 +23,7 @@ EXPECTED = {
     "features": FROM_FEATURES,
     "retrieval": {"retrieval", "matching", "verification"},
     "matching": {"orientation", "matching", "verification"},
+    "matching.sift_ratio": {"matching", "verification"},  # SIFT is not in orientation
     "verification": {"verification"},
     "clustering": set(),  # clustering and mapping are not cached
     "mapping": set(),

@@ -3,6 +3,7 @@ empty images, and the resumable features.h5 stage."""
 
 from __future__ import annotations
 
+import cv2
 import h5py
 import numpy as np
 import pytest
@@ -236,3 +237,50 @@ def test_stage_writes_resumes_and_records_failures(model, temple, temple_feats, 
         feature_file.load_features(out, "broken.png")
     with pytest.raises(ImcError, match="no features for image 'nope.png'"):
         feature_file.load_features(out, "nope.png")
+
+
+def test_sift_keypoints_follow_alikeds_in_the_stored_frame(temple, temple_feats):
+    """SIFT on the image resized as ALIKED's (640 -> 512, not rotated): its keypoints appended
+    after ALIKED's, moved to the stored frame by the same rule, with unit RootSIFT descriptors;
+    ALIKED's own arrays untouched, and the same result twice."""
+    conf = {**CONF, "sift_max_keypoints": 300}
+    image, ref = temple[1][0], temple_feats[0]
+    merged = features.add_sift(ref, image, conf)
+    n = len(ref["keypoints"])
+    np.testing.assert_array_equal(merged["keypoints"][:n], ref["keypoints"])
+    for name in ("keypoints_upright", "descriptors", "scores"):
+        assert merged[name] is ref[name]
+    sift_kpts, desc = merged["keypoints"][n:], merged["sift_descriptors"]
+    assert len(sift_kpts) == 300 and desc.shape == (300, 128) and desc.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(desc, axis=1), 1, atol=1e-5)
+    assert desc.min() >= 0
+    gray = cv2.resize(
+        cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (512, 384), interpolation=cv2.INTER_AREA
+    )
+    direct = np.array([k.pt for k in cv2.SIFT_create(nfeatures=300).detect(gray, None)])
+    in_resized = (sift_kpts.astype(np.float64) + 0.5) * 0.8 - 0.5  # back to the 512 x 384 frame
+    nearest = np.linalg.norm(in_resized[:, None] - direct[None], axis=2).min(1)
+    assert nearest.max() < 1e-3  # every keypoint one of OpenCV's detections there
+    again = features.add_sift(ref, image, conf)
+    np.testing.assert_array_equal(again["keypoints"], merged["keypoints"])
+    np.testing.assert_array_equal(again["sift_descriptors"], desc)
+    assert features.add_sift(ref, image, {**CONF, "sift_max_keypoints": 0}) is ref
+
+
+@needs_weights
+def test_stage_stores_sift_and_counts_both_kinds(model, temple, temple_feats, tmp_path):
+    ds = Dataset("t", "t", [ImageInfo("a.png", temple[0][0])])
+    whole = {**WHOLE, "features": {**CONF, "sift_max_keypoints": 200}}
+    out = features.main(whole, features.Inputs(ds, load_model=lambda: model), tmp_path)
+    stored = feature_file.load_features(out, "a.png", feature_file.ARRAYS + (feature_file.SIFT,))
+    n = len(temple_feats[0]["keypoints"])
+    assert stored["keypoints"].shape == (n + 200, 2) and stored["sift_descriptors"].shape == (
+        200,
+        128,
+    )
+    np.testing.assert_array_equal(stored["descriptors"], temple_feats[0]["descriptors"])
+    assert feature_file.keypoint_counts(out) == {"a.png": n + 200}
+    assert feature_file.keypoint_counts(out, "descriptors") == {"a.png": n}
+    plain = features.main(WHOLE, features.Inputs(ds, load_model=lambda: model), tmp_path / "p")
+    without = feature_file.load_features(plain, "a.png", feature_file.ARRAYS + (feature_file.SIFT,))
+    assert feature_file.SIFT not in without and len(without["keypoints"]) == n

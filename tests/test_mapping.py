@@ -143,16 +143,23 @@ def _cameras_in(db_path) -> int:
         return c.execute("select count(*) from cameras").fetchone()[0]
 
 
+def _six_views_of_one_camera(tmp_path, mapping_conf: dict):
+    """Map six noisy views of the synthetic scene (one camera) with the mapping section's
+    `mapping_conf`; (scene, result), every view registered."""
+    scene = make_scene(n_cams=6, noise=0.2)
+    names = [f"im{i}.png" for i in range(6)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    conf = config.merge(config.DEFAULTS, {"mapping": mapping_conf})
+    result = map_scene(scene, names, ds, feats, tmp_path, conf)
+    assert set(result.preds) == set(names)
+    return scene, result
+
+
 @pytest.mark.parametrize(("mode", "cameras"), [("per_image", 6), ("shared", 1), ("auto", 1)])
 def test_camera_modes(tmp_path, mode, cameras):
     """One camera: the six views come from one camera (same size, same focal length), which
     `auto` finds from their per-image focal lengths."""
-    scene = make_scene(n_cams=6, noise=0.2)
-    names = [f"im{i}.png" for i in range(6)]
-    ds, feats = toy_dataset(scene, names, tmp_path)
-    conf = config.merge(config.DEFAULTS, {"mapping": {"camera_mode": mode}})
-    result = map_scene(scene, names, ds, feats, tmp_path, conf)
-    assert set(result.preds) == set(names)
+    scene, result = _six_views_of_one_camera(tmp_path, {"camera_mode": mode})
     assert result.cameras == ("per_image" if mode == "per_image" else "shared")
     assert _cameras_in(tmp_path / "database.db") == cameras
     model = pycolmap.Reconstruction(tmp_path / "models" / "0")
@@ -161,6 +168,22 @@ def test_camera_modes(tmp_path, mode, cameras):
     assert all(abs(c.focal_length / f - 1) < 0.02 for c in model.cameras.values())
     assert not (tmp_path / "database-shared.db").exists()
     assert not (tmp_path / "sfm-shared").exists()
+
+
+@pytest.mark.parametrize("model", ["SIMPLE_PINHOLE", "OPENCV"])
+def test_camera_model(tmp_path, model):
+    """`mapping.camera_model`: every camera of the database and of the models is of it, and the
+    focal length is still found."""
+    scene, _ = _six_views_of_one_camera(tmp_path, {"camera_model": model})
+    db = pycolmap.Database.open(str(tmp_path / "database.db"))
+    try:
+        assert {c.model.name for c in db.read_all_cameras()} == {model}
+    finally:
+        db.close()
+    rec = pycolmap.Reconstruction(tmp_path / "models" / "0")
+    assert {c.model.name for c in rec.cameras.values()} == {model}
+    f = scene["K"][0, 0]
+    assert all(abs(c.mean_focal_length() / f - 1) < 0.02 for c in rec.cameras.values())
 
 
 def test_auto_keeps_one_camera_per_image_when_a_group_mixes_two_cameras(tmp_path, caplog):
@@ -201,15 +224,19 @@ def test_groups_with_too_few_registered_images_are_not_shared():
     assert groups == {n: (640, 480) for n in ("a0", "a1", "a2")}
 
 
-@pytest.mark.parametrize("groups_after", ["as_guessed", "fewer", "none"])
+@pytest.mark.parametrize(
+    ("groups_after", "max_seconds"),
+    [("as_guessed", None), ("fewer", None), ("none", None), ("as_guessed", 3600.0)],
+)
 def test_auto_maps_its_two_passes_side_by_side_as_one_after_the_other(
-    tmp_path, monkeypatch, groups_after
+    tmp_path, monkeypatch, groups_after, max_seconds
 ):
     """With a core to spare, `auto` starts the shared pass beside the per-image one on the
     groups it guesses (every image registered); the result is the one of the passes mapped one
     after the other: the same poses, cameras, mapper and passes. When the per-image pass gives
     other groups (here forced: fewer images, or none), the early pass is dropped and, if any
-    group is left, mapped again on the right groups."""
+    group is left, mapped again on the right groups. A time limit that leaves time for both
+    changes nothing."""
     scene = make_scene(n_cams=8, focals=[768] * 4 + [900] * 4)
     names = [f"im{i}.png" for i in range(8)]
     ds, feats = toy_dataset(scene, names, tmp_path)
@@ -229,7 +256,7 @@ def test_auto_maps_its_two_passes_side_by_side_as_one_after_the_other(
     runs = {}
     for width in (1, 2):
         monkeypatch.setattr(mapping, "concurrent_runs", lambda runtime, w=width: w)
-        runs[width] = map_scene(scene, names, ds, feats, tmp_path / f"w{width}")
+        runs[width] = map_scene(scene, names, ds, feats, tmp_path / f"w{width}", None, max_seconds)
         assert not list((tmp_path / f"w{width}").glob("*-shared*"))
     assert side == [1]  # only the two-wide run took the side-by-side path
     one, two = runs[1], runs[2]

@@ -15,7 +15,7 @@ from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.images import read_image
 from imc.settings import weights_dirs
-from imc.stages import features, matching
+from imc.stages import feature_file, features, matching
 from imc.weights import load_state_dict
 
 FEATURES = {
@@ -241,3 +241,50 @@ def test_batch_size_from_the_device():
 
     assert matching.batch_size({"batch_size": 0}, cpu, never, torch.float32) == 1
     assert matching.batch_size({"batch_size": 8}, cpu, never, torch.float32) == 8
+
+
+def test_sift_matches_are_mutual_nearest_neighbours_passing_the_ratio_test():
+    rng = np.random.default_rng(0)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    d0 = unit(rng.normal(size=(50, 128)))
+    perm = rng.permutation(50)
+    d1 = unit(d0[perm] + 0.05 * rng.normal(size=(50, 128)))  # d1[j] is a noisy d0[perm[j]]
+    d1[7] = unit(d0[perm[6]] + 0.05 * rng.normal(size=128))  # d0[perm[6]] gets two look-alikes
+    d1 = np.concatenate([d1, unit(d0[:1] + 0.5 * rng.normal(size=(1, 128)))])  # a far copy of d0[0]
+    t0, t1 = torch.from_numpy(d0).float(), torch.from_numpy(d1).float()
+    matches, scores = matching.match_sift(t0, t1, 0.8)
+    expected = {(perm[j], j) for j in range(50) if j not in (6, 7)}  # ambiguous pair dropped
+    assert {tuple(m) for m in matches.tolist()} == expected
+    assert matches.dtype == np.int32 and list(matches[:, 0]) == sorted(matches[:, 0])
+    assert scores.shape == (48,) and 0.2 < scores.min() and scores.max() <= 1
+    loose, _ = matching.match_sift(t0, t1, 1.0)  # no ratio test: mutual nearest only
+    assert len(loose) == 49  # perm[6] finds one of its two look-alikes
+    empty, _ = matching.match_sift(t0[:1], t1, 0.8)
+    assert empty.shape == (0, 2)
+
+
+def test_stage_merges_sift_matches_after_lightglues(models, temple, tmp_path):
+    """With SIFT keypoints, a pair's group holds LightGlue's matches as without them, then the
+    SIFT matches, which index the SIFT rows of the keypoints and are mostly geometric inliers."""
+    paths, *_ = temple
+    names = ["templeR0001.png", "templeR0002.png"]
+    ds = Dataset("t", "t", [ImageInfo(n, p) for n, p in zip(names, paths)])
+    glue = matching.build_model(CONF)
+    inputs = features.Inputs(ds, load_model=lambda: models[0])
+    with_sift = {**WHOLE, "features": {**FEATURES, "sift_max_keypoints": 1000},
+                 "matching": {**CONF, "sift_ratio": 0.8}}  # fmt: skip
+    runs = {}
+    for tag, whole in (("plain", WHOLE), ("sift", with_sift)):
+        feats = features.main(whole, inputs, tmp_path / tag / "f")
+        pairs = matching.Inputs([tuple(names)], feats, load_model=lambda: glue)
+        runs[tag] = feats, matching.main(whole, pairs, tmp_path / tag / "m")
+    plain, _ = matching.load_matches(runs["plain"][1], *names)
+    merged, scores = matching.load_matches(runs["sift"][1], *names)
+    np.testing.assert_array_equal(merged[: len(plain)], plain)
+    sift = merged[len(plain) :]
+    kpts = feature_file.read_array(runs["sift"][0], names, "keypoints")
+    n = feature_file.keypoint_counts(runs["sift"][0], "descriptors")
+    assert len(sift) > 100 and len(scores) == len(merged)
+    assert sift[:, 0].min() >= n[names[0]] and sift[:, 1].min() >= n[names[1]]
+    assert sift[:, 0].max() < len(kpts[names[0]]) and sift[:, 1].max() < len(kpts[names[1]])
+    assert magsac_inlier_ratio(kpts[names[0]], kpts[names[1]], sift) > 0.6

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work-dir", type=Path, help="cache and run folders (default: beside output)")
     p.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle (default: here)")
     p.add_argument("--time-budget", help="seconds for the whole run (default: imc's)")
-    p.add_argument("--preset", help="imc preset (cpu, gpu, fast)")
+    p.add_argument("--preset", help="imc preset (cpu, gpu, fast, baseline)")
     p.add_argument("--config", help="imc config file (JSON)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--dinov2", type=Path, help="DINOv2 model folder (default: search)")

@@ -2,14 +2,17 @@
 
 One group per image (`imc.cache.h5_key(name)`):
 
-    keypoints           [N x 2] float32, stored image pixels (pixel centre at 0)
+    keypoints           [N (+ K) x 2] float32, stored image pixels (pixel centre at 0): the
+                        N ALIKED keypoints, then the K SIFT ones when the features have them
     keypoints_upright   [N x 2] float32, pixels of the rotated and resized image (matching)
     descriptors         [N x 128] float32, L2-normalised
     scores              [N] float32, detection scores
+    sift_descriptors    [K x 128] float32, RootSIFT (only with features.sift_max_keypoints)
     attrs: rotation (k), image_size (W, H) stored, upright_size (W, H) rotated and resized,
            done; an unreadable image has attrs failed (the message) and done instead.
 
-Written by imc.stages.features; read here only (no torch, so that readers need not load it).
+Matches (imc.stages.matching) index `keypoints`: LightGlue's its first N rows, SIFT's the
+last K. Written by imc.stages.features; read here only (no torch, so that readers need not load it).
 Keypoints change convention for COLMAP in one place: imc.stages.reconstruction.colmap_keypoints.
 """
 
@@ -25,15 +28,17 @@ from ..cache import h5_key, h5_name
 from ..errors import ImcError
 
 ARRAYS = ("keypoints", "keypoints_upright", "descriptors", "scores")
+SIFT = "sift_descriptors"
 
 
 def read_group(g: h5py.Group, name: str, arrays: Iterable[str] = ARRAYS) -> dict:
     """One image's group of an open features.h5 -> dict of `arrays` and those of the attributes
     image_size, upright_size (W, H) and rotation that it has (the features stage writes all
-    three). Raises ImcError for a failed image."""
+    three); `sift_descriptors` only when the image has them. Raises ImcError for a failed
+    image."""
     if "failed" in g.attrs:
         raise ImcError(f"features of image '{name}' failed: {g.attrs['failed']}")
-    out = {k: g[k][()] for k in arrays}
+    out = {k: g[k][()] for k in arrays if k != SIFT or SIFT in g}
     for size in ("image_size", "upright_size"):
         if size in g.attrs:
             out[size] = tuple(int(v) for v in g.attrs[size])
@@ -77,10 +82,11 @@ def image_sizes(path: Path, names: Iterable[str]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def keypoint_counts(path: Path) -> dict[str, int]:
-    """name -> number of keypoints, for every image whose extraction did not fail."""
+def keypoint_counts(path: Path, array: str = "keypoints") -> dict[str, int]:
+    """name -> number of keypoints (all of them; `descriptors`: LightGlue's), for every image
+    whose extraction did not fail."""
     with h5py.File(path, "r") as f:
-        return {h5_name(k): len(g["keypoints"]) for k, g in f.items() if "keypoints" in g}
+        return {h5_name(k): len(g[array]) for k, g in f.items() if array in g}
 
 
 def failed_images(path: Path) -> dict[str, str]:

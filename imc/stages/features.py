@@ -2,7 +2,10 @@
 
 Each image is read as stored, rotated by its canonical k x 90 degrees (orientation stage),
 resized to `resize_long_side` (or up to `min_long_side`: small images are upscaled, 0 by
-default) and described. Output `features.h5`, one group per image; its
+default) and described. With `sift_max_keypoints` (0, off), OpenCV's SIFT keypoints of the same
+image, resized alike but not rotated (SIFT is rotation-invariant), are added after ALIKED's,
+with RootSIFT descriptors; imc.stages.matching matches them by mutual nearest neighbours and
+merges them with LightGlue's matches. Output `features.h5`, one group per image; its
 layout and its reader: imc.stages.feature_file.
 """
 
@@ -12,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import h5py
 import numpy as np
 import torch
@@ -30,7 +34,7 @@ from ..images import (
 )
 from ..log import logger
 from ..weights import load_state_dict, load_strict
-from .feature_file import ARRAYS
+from .feature_file import ARRAYS, SIFT
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,51 @@ def extract_image(
     }
 
 
+def extract_sift(image: np.ndarray, conf: dict) -> tuple[np.ndarray, np.ndarray]:
+    """SIFT (OpenCV) on one image: at most `conf["sift_max_keypoints"]` keypoints, detected on
+    the stored image resized as the ALIKED features are (`resize_long_side`, `min_long_side`)
+    but not rotated.
+
+    image: [H x W x 3] uint8, the stored pixels (RGB).
+    Returns: keypoints [K x 2] float32 in stored pixels (pixel centre at 0) and RootSIFT
+    descriptors [K x 128] float32 (L1-normalised, square-rooted: unit L2 norm), strongest first.
+    """
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    resized, scale = resize_long_side(gray, conf["resize_long_side"], conf.get("min_long_side", 0))
+    sift = cv2.SIFT_create(nfeatures=int(conf["sift_max_keypoints"]))
+    found, desc = sift.detectAndCompute(resized, None)
+    if not found:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    # OpenCV may return a few more than nfeatures (ties at the cut), in an order that can
+    # follow its threads: sorted by response, then position, size and angle; the strongest kept.
+    pts = np.array([k.pt for k in found], np.float64).reshape(-1, 2)
+    keys = [[k.angle for k in found], [k.size for k in found], pts[:, 1], pts[:, 0]]
+    order = np.lexsort([*keys, [-k.response for k in found]])[: conf["sift_max_keypoints"]]
+    kpts = pts[order].astype(np.float32)
+    desc = desc[order].astype(np.float32)
+    desc /= np.maximum(desc.sum(axis=1, keepdims=True), 1e-8)
+    return rescale_points(kpts, scale), np.sqrt(desc).astype(np.float32)
+
+
+def add_sift(feats: dict, image: np.ndarray, conf: dict) -> dict:
+    """`feats` (extract_image's) with SIFT's keypoints appended to `keypoints` and their
+    descriptors as `sift_descriptors` (feature_file's layout); unchanged when
+    `conf["sift_max_keypoints"]` is 0."""
+    if not conf.get("sift_max_keypoints", 0):
+        return feats
+    kpts, desc = extract_sift(image, conf)
+    return {
+        **feats,
+        "keypoints": np.concatenate([feats["keypoints"], kpts]).astype(np.float32),
+        "sift_descriptors": desc,
+    }
+
+
 def _write(f: h5py.File, key: str, feats: dict, rotation_k: int) -> None:
     if key in f:
         del f[key]
     g = f.create_group(key)
-    for name in ARRAYS:
+    for name in ARRAYS + (SIFT,) * (SIFT in feats):
         g.create_dataset(name, data=feats[name])
     g.attrs["rotation"] = int(rotation_k)
     g.attrs["image_size"] = np.asarray(feats["image_size"], dtype=np.int64)
@@ -214,6 +258,7 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
                 continue
             if model is None:
                 model = inputs.load_model() if inputs.load_model else build_model(fconf, device)
-            _write(f, h5_key(im.name), extract_image(model, image, fconf, k, device), k)
+            feats = add_sift(extract_image(model, image, fconf, k, device), image, fconf)
+            _write(f, h5_key(im.name), feats, k)
             f.flush()  # a killed run keeps every image written so far
     return out

@@ -219,7 +219,10 @@ def _map_level(
     `run_dir/database.db`. Returns the models, largest first, and their model_support over
     every verified pair."""
     db_path = run_dir.with_name(run_dir.name + ".db")
-    build_database(db_path, run.names, run.db_names, run.features, pairs, shared, run.focals)
+    build_database(
+        db_path, run.names, run.db_names, run.features, pairs, shared, run.focals,
+        run.conf["camera_model"],
+    )  # fmt: skip
     models = run_mapper(
         global_conf, db_path, run.image_dir, run_dir, run.runtime["mapping_threads"],
         run.runtime["seed"],

@@ -4,7 +4,8 @@ Each reconstructed model is a cluster; an image registered in several (overlappi
 given to the largest; images in no model (or in a leftover below `min_model_size`) are outliers.
 Models are written in COLMAP's binary format with a PLY of the points, for COLMAP's viewer.
 
-Cameras (`camera_mode`): `per_image` gives every image its own SIMPLE_RADIAL camera; `shared`
+Cameras (`camera_mode`): `per_image` gives every image its own camera (`camera_model`,
+SIMPLE_RADIAL by default); `shared`
 gives one camera to the images of the same stored size and EXIF make, model and focal length
 (the size alone when the header has none); `auto` (the default) maps with per-image cameras, then
 shares the camera of each such group with at least MIN_GROUP_IMAGES registered images and maps
@@ -17,9 +18,11 @@ lengths 768 and 900 px, 0.34 px per image, 0.67 px shared; the same camera: 0.34
 imc-bench's one-camera datasets: within 3 %). A per-image focal length is a poor witness on its
 own: on a narrow-angle ring (dinoSparseRing, about 11 degrees of field) the per-image estimates
 scatter by 8-12 % although one camera took every image.
-Without a time limit and with a second core, the shared pass starts beside the per-image one,
-on the groups every image would give, and is mapped again only if the per-image pass registers
-too few of a group (`_auto_side_by_side`): the same result, in about the time of the longer pass.
+With a second core, the shared pass starts beside the per-image one, on the groups every image
+would give, and is mapped again only if the per-image pass registers too few of a group
+(`_auto_side_by_side`): the same result, in about the time of the longer pass. A time limit
+stops both passes alike (one after the other, the shared pass starts only if the time left
+exceeds the per-image pass's time, and stops at the same limit).
 
 The global pipeline (`mapper: global`) and the global fallback of incremental mapping
 (`global_fallback`, which pairs the global pipeline is given, which of its models are kept):
@@ -217,7 +220,10 @@ def _map_dataset(
         conf,
     )
     if len(names) < 2 or not verified:
-        build_database(out_dir / "database.db", names, db_names, features_path, verified)
+        build_database(
+            out_dir / "database.db", names, db_names, features_path, verified,
+            camera_model=conf["camera_model"],
+        )  # fmt: skip
         logger.warning("mapping %s: nothing to reconstruct (no verified pair)", dataset.name)
         return MappingResult()
     mode = conf["camera_mode"]
@@ -278,10 +284,10 @@ def _close_colmap_log(out_dir: Path) -> None:
 def map_passes(run: MappingRun, mode: str, keys: dict[str, tuple]) -> list[pycolmap.Reconstruction]:
     """The first pass (per-image cameras; in `shared` mode, the cameras of `keys` shared), then
     in `auto` mode a second pass with the shareable groups' cameras shared, kept if it does
-    better (module docstring). Returns the kept pass's models, largest first. Without a time
-    limit and with a core to spare, `auto` maps both passes at once (_auto_side_by_side)."""
+    better (module docstring). Returns the kept pass's models, largest first. With a core to
+    spare, `auto` maps both passes at once (_auto_side_by_side)."""
     result = run.result
-    if mode == "auto" and math.isinf(run.end) and concurrent_runs(run.runtime) > 1:
+    if mode == "auto" and concurrent_runs(run.runtime) > 1:
         return _auto_side_by_side(run, keys)
     models, result.mapper = one_pass(run, keys if mode == "shared" else {}, "")
     if mode == "shared":
@@ -360,7 +366,10 @@ def one_pass(
     conf, result = run.conf, run.result
     t0 = time.monotonic()
     db_path, sfm_dir = run.out_dir / f"database{suffix}.db", run.out_dir / f"sfm{suffix}"
-    build_database(db_path, run.names, run.db_names, run.features, run.verified, shared, run.focals)
+    build_database(
+        db_path, run.names, run.db_names, run.features, run.verified, shared, run.focals,
+        run.conf["camera_model"],
+    )  # fmt: skip
     if conf["mapper"] == "global":
         models = global_mapping.map_levels(run, shared, sfm_dir)
     else:

@@ -17,6 +17,12 @@ computed on each pair's own points. Each pair stops at the layer where it would 
 off; point pruning (`width_confidence`) does not run in a batch, as in kornia's own batched and
 compiled paths. Features are read from features.h5 and moved to the device by a background
 thread, one batch ahead of the model.
+
+When both images of a pair have SIFT keypoints (features.sift_max_keypoints), their RootSIFT
+descriptors are matched too, by mutual nearest neighbours passing Lowe's ratio test
+(`sift_ratio`), and those matches follow LightGlue's in the pair's group, indexing the SIFT
+rows of `keypoints` (after the ALIKED ones; imc.stages.feature_file); their scores are
+1 - the ratio.
 """
 
 from __future__ import annotations
@@ -103,14 +109,19 @@ def precision(conf: dict, device: str | torch.device) -> torch.dtype:
 def inputs(feats: dict, device: torch.device, dtype: torch.dtype) -> dict:
     """One image's LightGlue inputs: keypoints [1 x N x 2] float32 (upright pixels),
     descriptors [1 x N x D] in the model's dtype, image_size [1 x 2] (W, H) of the upright
-    image, from which LightGlue normalises the keypoints."""
+    image, from which LightGlue normalises the keypoints; and `sift` [K x 128] float32 when
+    the image has SIFT descriptors."""
     kpts = np.asarray(feats["keypoints_upright"], np.float32).reshape(-1, 2)
     desc = np.asarray(feats["descriptors"], np.float32)
-    return {
+    out = {
         "keypoints": torch.from_numpy(kpts)[None].to(device),
         "descriptors": torch.from_numpy(desc)[None].to(device=device, dtype=dtype),
         "image_size": torch.tensor([feats["upright_size"]], dtype=torch.float32, device=device),
     }
+    if feature_file.SIFT in feats:  # not LightGlue's: matched by match_sift (with_sift)
+        sift = np.asarray(feats[feature_file.SIFT], np.float32).reshape(-1, 128)
+        out["sift"] = torch.from_numpy(sift).to(device)
+    return out
 
 
 def match_inputs(model: torch.nn.Module, data0: dict, data1: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +137,45 @@ def match_inputs(model: torch.nn.Module, data0: dict, data1: dict) -> tuple[np.n
     matches = out["matches"][0].cpu().numpy().astype(np.int32).reshape(-1, 2)
     scores = out["scores"][0].float().cpu().numpy().astype(np.float32).reshape(-1)
     return matches, scores
+
+
+def match_sift(
+    desc0: torch.Tensor, desc1: torch.Tensor, ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual nearest neighbours of two sets of unit descriptors ([N0 x D], [N1 x D]) whose
+    distance is below `ratio` x the distance to the second nearest, on both sides.
+
+    Returns: matches [M x 2] int32 (rows of desc0, desc1), in the order of desc0, and scores
+    [M] float32, 1 - the larger of the two ratios. Empty when either side has fewer than two.
+    """
+    if len(desc0) < 2 or len(desc1) < 2:
+        return np.zeros((0, 2), np.int32), np.zeros(0, np.float32)
+    dist = (2.0 - 2.0 * (desc0.float() @ desc1.float().T)).clamp_min(0.0).sqrt()
+    d0, i0 = dist.topk(2, dim=1, largest=False)  # for each of desc0, its two nearest in desc1
+    d1, i1 = dist.topk(2, dim=0, largest=False)  # for each of desc1, its two nearest in desc0
+    r0 = d0[:, 0] / d0[:, 1].clamp_min(1e-8)
+    r1 = d1[0] / d1[1].clamp_min(1e-8)
+    rows = torch.arange(len(desc0), device=desc0.device)
+    nn = i0[:, 0]
+    keep = (i1[0, nn] == rows) & (r0 < ratio) & (r1[nn] < ratio)
+    pairs = torch.stack([rows[keep], nn[keep]], -1)
+    scores = 1.0 - torch.maximum(r0[keep], r1[nn[keep]])
+    return pairs.cpu().numpy().astype(np.int32).reshape(-1, 2), scores.cpu().numpy().astype(
+        np.float32
+    )
+
+
+def with_sift(
+    data0: dict, data1: dict, found: tuple[np.ndarray, np.ndarray], ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """LightGlue's (matches, scores) of a pair followed by its SIFT matches (match_sift),
+    their indices moved past each image's ALIKED keypoints; `found` unchanged when either
+    image has no SIFT descriptors."""
+    if "sift" not in data0 or "sift" not in data1:
+        return found
+    matches, scores = match_sift(data0["sift"], data1["sift"], ratio)
+    matches = matches + np.array([[_count(data0), _count(data1)]], np.int32)
+    return np.concatenate([found[0], matches]), np.concatenate([found[1], scores])
 
 
 def match_pair(
@@ -258,7 +308,7 @@ class _FeatureCache:
         if name in self.items:
             self.items.move_to_end(name)
             return self.items[name]
-        arrays = ("keypoints_upright", "descriptors")
+        arrays = ("keypoints_upright", "descriptors", feature_file.SIFT)
         feats = feature_file.read_group(feature_file.group(self.f, name), name, arrays)
         self.items[name] = inputs(feats, self.device, self.dtype)
         if len(self.items) > CACHE_IMAGES:
@@ -334,6 +384,8 @@ def _match_all(model, conf, todo, inputs: Inputs, f: h5py.File, device) -> None:
                 logger.warning("matching: deadline reached, %d of %d pairs left", left, len(todo))
                 break
             found = match_batch(model, data) if size > 1 else [match_inputs(model, *data[0])]
+            if any("sift" in d for pair in data for d in pair):
+                found = [with_sift(*d, m, conf["sift_ratio"]) for d, m in zip(data, found)]
             for (a, b), (matches, scores) in zip(batch, found):
                 _write(f, pair_key(a, b), matches, scores)
             f.flush()  # a killed run keeps every pair written so far (about 3 ms)
@@ -343,8 +395,8 @@ def _match_all(model, conf, todo, inputs: Inputs, f: h5py.File, device) -> None:
 
 
 def _max_keypoints(features_path: Path) -> int:
-    """The most keypoints of one image in a features.h5."""
-    return max(feature_file.keypoint_counts(features_path).values(), default=0)
+    """The most keypoints LightGlue sees of one image in a features.h5."""
+    return max(feature_file.keypoint_counts(features_path, "descriptors").values(), default=0)
 
 
 def _prefetch(

@@ -54,13 +54,15 @@ def build_database(
     verified: dict[tuple[str, str], dict],
     shared: dict[str, tuple] | None = None,
     focals: dict[str, float] | None = None,
+    camera_model: str = "SIMPLE_RADIAL",
 ) -> dict[str, int]:
     """Write cameras, images, keypoints (colmap_keypoints), matches and two-view geometries;
     return name -> image_id.
 
-    One SIMPLE_RADIAL camera per image, except that the images `shared` maps to the same key
-    share one. focals: name -> focal length (px) known before mapping (EXIF), which the camera
-    starts from and marks as a prior, as COLMAP's feature extractor does; else focal_prior.
+    One camera of `camera_model` (mapping.camera_model) per image, except that the images
+    `shared` maps to the same key share one. focals: name -> focal length (px) known before
+    mapping (EXIF), which the camera starts from and marks as a prior, as COLMAP's feature
+    extractor does; else focal_prior.
     verified: (a, b) -> inliers [M x 2] (indices into a's and b's keypoints) and F [3 x 3];
     pairs with an image not in `names` are left out.
     """
@@ -77,7 +79,7 @@ def build_database(
             keypoints = colmap_keypoints(features_path, batch)
             for name in batch:
                 key, focal = shared.get(name), focals.get(name)
-                cam_id = _camera_id(db, cameras, sizes[name], key, focal)
+                cam_id = _camera_id(db, cameras, sizes[name], key, focal, camera_model)
                 ids[name] = db.write_image(pycolmap.Image(name=db_names[name], camera_id=cam_id))
                 db.write_keypoints(ids[name], keypoints[name].astype(np.float32))
         for (a, b), v in verified.items():
@@ -96,18 +98,21 @@ def build_database(
 
 
 def _camera_id(
-    db, cameras: dict[tuple, int], size: tuple[int, int], key: tuple | None, focal: float | None
+    db,
+    cameras: dict[tuple, int],
+    size: tuple[int, int],
+    key: tuple | None,
+    focal: float | None,
+    model: str = "SIMPLE_RADIAL",
 ) -> int:
     """The camera of an image of `size` (W, H): the one written for `key` before, else a new
-    SIMPLE_RADIAL camera (remembered in `cameras` under `key` unless it is None), starting
-    from `focal` (a prior) or from focal_prior."""
+    camera of `model` (remembered in `cameras` under `key` unless it is None), starting from
+    `focal` (a prior) or from focal_prior, the principal point at the centre, no distortion."""
     cam_id = cameras.get(key) if key is not None else None
     if cam_id is None:
         w, h = size
         f = focal if focal else focal_prior(w, h)
-        cam = pycolmap.Camera(
-            model="SIMPLE_RADIAL", width=w, height=h, params=[f, w / 2, h / 2, 0.0]
-        )
+        cam = pycolmap.Camera.create_from_model_name(0, model, f, w, h)
         cam.has_prior_focal_length = bool(focal)
         cam_id = db.write_camera(cam)
         if key is not None:
