@@ -48,6 +48,7 @@ from tqdm import tqdm
 from . import poses
 from .budget import Budget, DatasetPlan, MatchingJob, degrade
 from .cache import atomic_write_text, safe_name, stage_dir
+from .config import DEFAULTS
 from .data import OUTLIERS, Competition, Dataset, Prediction, Predictions
 from .log import logger, setup_logging
 from .settings import available_cores
@@ -61,9 +62,8 @@ FEW_KEYPOINTS = 16  # fewer cannot give the 15 inliers a pair needs
 STAGE_READS: dict[str, tuple[str, ...]] = {
     "orientation": (
         "images", "orientation", "features.model", "features.detection_threshold",
-        "features.nms_radius", "matching.model", "matching.filter_threshold",
-        "matching.depth_confidence", "matching.width_confidence", "matching.half_precision",
-        "matching.cpu_bfloat16", "matching.batch_size",
+        "features.nms_radius",
+        *(f"matching.{k}" for k in DEFAULTS["matching"] if k != "sift_ratio"),  # LightGlue's
     ),
     "features": ("images", "features"),
     "retrieval": ("retrieval",),

@@ -274,10 +274,8 @@ def test_stage_stores_sift_and_counts_both_kinds(model, temple, temple_feats, tm
     out = features.main(whole, features.Inputs(ds, load_model=lambda: model), tmp_path)
     stored = feature_file.load_features(out, "a.png", feature_file.ARRAYS + (feature_file.SIFT,))
     n = len(temple_feats[0]["keypoints"])
-    assert stored["keypoints"].shape == (n + 200, 2) and stored["sift_descriptors"].shape == (
-        200,
-        128,
-    )
+    assert stored["keypoints"].shape == (n + 200, 2)
+    assert stored["sift_descriptors"].shape == (200, 128)
     np.testing.assert_array_equal(stored["descriptors"], temple_feats[0]["descriptors"])
     assert feature_file.keypoint_counts(out) == {"a.png": n + 200}
     assert feature_file.keypoint_counts(out, "descriptors") == {"a.png": n}

@@ -368,7 +368,7 @@ def one_pass(
     db_path, sfm_dir = run.out_dir / f"database{suffix}.db", run.out_dir / f"sfm{suffix}"
     build_database(
         db_path, run.names, run.db_names, run.features, run.verified, shared, run.focals,
-        run.conf["camera_model"],
+        conf["camera_model"],
     )  # fmt: skip
     if conf["mapper"] == "global":
         models = global_mapping.map_levels(run, shared, sfm_dir)
