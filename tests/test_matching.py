@@ -216,6 +216,40 @@ def test_batched_and_pair_by_pair_give_the_same_matches(models, tmp_path):
         np.testing.assert_allclose(s1, s2, rtol=1e-3, atol=1e-4)
 
 
+def test_fused_cross_attention_gives_kornias_outputs_and_matches(models, temple):
+    """The CPU cross-attention (one SDPA call per direction) against kornia's own
+    CrossBlock.forward: the same outputs within float32 rounding, with and without a padding
+    mask, and the same matches on a real pair."""
+    from kornia.feature import LightGlue
+    from kornia.feature.lightglue import CrossBlock
+
+    glue = models[1]
+    block = glue.transformers[0].cross_attn
+    assert block.forward.__func__ is matching.cross_attention  # installed on the CPU model
+    gen = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(2, 300, 256, generator=gen), torch.randn(2, 200, 256, generator=gen)
+    mask0 = torch.ones(2, 1, 300, 1, dtype=torch.bool)
+    mask1 = torch.ones(2, 1, 200, 1, dtype=torch.bool)
+    mask0[1, :, 250:], mask1[0, :, 120:] = False, False
+    with torch.inference_mode():
+        for mask in (None, mask0 & mask1.transpose(-1, -2)):
+            ours = block(x0, x1, mask)
+            theirs = CrossBlock.forward(block, x0, x1, mask)
+            for a, b in zip(ours, theirs):
+                assert torch.isfinite(a).all()
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    kornia_glue = LightGlue(features=None, weights=None, input_dim=128).eval()
+    kornia_glue.load_state_dict(glue.state_dict(), strict=False)
+    assert kornia_glue.transformers[0].cross_attn.forward.__func__ is CrossBlock.forward
+    _, _, feats, _ = temple
+    d0, d1 = (matching.inputs(f, torch.device("cpu"), torch.float32) for f in feats[:2])
+    m_ours, s_ours = matching.match_inputs(glue, d0, d1)
+    m_theirs, s_theirs = matching.match_inputs(kornia_glue, d0, d1)
+    assert len(m_ours) > 100
+    np.testing.assert_array_equal(m_ours, m_theirs)
+    np.testing.assert_allclose(s_ours, s_theirs, rtol=1e-3, atol=1e-4)
+
+
 def test_stage_in_batches_writes_what_pair_by_pair_writes(models, temple, tmp_path):
     paths, *_ = temple
     names = ["templeR0001.png", "templeR0002.png"]
