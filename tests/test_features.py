@@ -62,6 +62,25 @@ def test_model_is_eval_fp32(model):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
+@needs_weights
+def test_channels_last_model_gives_what_a_contiguous_one_gives(model, temple, temple_feats):
+    """The CPU model's convolution weights are channels-last; a copy left contiguous finds
+    the same keypoints (a near-tie may swap two in order) with the same descriptors."""
+    from scipy.spatial import cKDTree
+
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    plain = features.build_model(CONF).to(memory_format=torch.contiguous_format)
+    for image, ours in zip(temple[1], temple_feats):
+        theirs = features.extract_image(plain, image, CONF)
+        assert len(ours["keypoints"]) == len(theirs["keypoints"]) > 100
+        dist, index = cKDTree(theirs["keypoints"]).query(ours["keypoints"])
+        assert dist.max() < 1e-2
+        assert len(set(index.tolist())) == len(index)
+        np.testing.assert_allclose(ours["descriptors"], theirs["descriptors"][index], atol=1e-4)
+
+
 def test_real_images_shapes_and_bounds(temple_feats):
     for f in temple_feats:
         n = len(f["keypoints"])
