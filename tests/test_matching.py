@@ -267,6 +267,61 @@ def test_stage_in_batches_writes_what_pair_by_pair_writes(models, temple, tmp_pa
         )
 
 
+def test_ordered_map_keeps_order_restores_threads_and_raises():
+    import time
+
+    threads = torch.get_num_threads()
+    seen_threads = []
+
+    def slow_first(k):
+        seen_threads.append(torch.get_num_threads())
+        time.sleep(0.05 if k == 0 else 0.0)  # the first finishes last
+        return k * k
+
+    out = list(matching.ordered_map(slow_first, iter(range(7)), 2))
+    assert out == [(k, k * k) for k in range(7)]
+    assert set(seen_threads) == {1} and torch.get_num_threads() == threads
+
+    def fails(k):
+        if k == 3:
+            raise ValueError("pair 3")
+        return k
+
+    with pytest.raises(ValueError, match="pair 3"):
+        list(matching.ordered_map(fails, range(6), 2))
+    assert torch.get_num_threads() == threads
+    assert list(matching.ordered_map(fails, range(3), 1)) == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_pairs_matched_two_at_once_give_what_one_at_a_time_gives(models, tmp_path):
+    """The stage on the demo scene with one torch thread (pairs one after another) and with
+    two (two pairs at once, one thread each): the same matches."""
+    from imc.demo import make_demo
+
+    root = make_demo(tmp_path / "demo")
+    paths = sorted((root / "train" / "demo").glob("*.png"))[:6]
+    names = [p.name for p in paths]
+    ds = Dataset("d", "d", [ImageInfo(n, p) for n, p in zip(names, paths)])
+    feats = features.main(WHOLE, features.Inputs(ds, load_model=lambda: models[0]), tmp_path / "f")
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    inputs = matching.Inputs(pairs, feats, load_model=lambda: models[1])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert matching.pair_workers("cpu") == 1
+        one = matching.main(WHOLE, inputs, tmp_path / "one")
+        torch.set_num_threads(2)
+        assert matching.pair_workers("cpu") == 2 and matching.pair_workers("cuda") == 1
+        two = matching.main(WHOLE, inputs, tmp_path / "two")
+    finally:
+        torch.set_num_threads(threads)
+    a, b = matching.load_all_matches(one), matching.load_all_matches(two)
+    assert a.keys() == b.keys() == set(pairs)
+    assert sum(len(m) > 50 for m in a.values()) >= 3
+    for key in pairs:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_batch_size_from_the_device():
     cpu = torch.device("cpu")
 
