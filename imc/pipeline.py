@@ -226,7 +226,7 @@ class Models:
     def match_many(self, pairs: list[tuple[dict, dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Match feature pairs (imc.stages.features.extract_image dicts) in batches of the size the
         matching settings and the device give (imc.stages.matching.batch_size), or one at a
-        time `pair_workers` at once."""
+        time `pair_workers` at once (imc.stages.matching.match_chunks)."""
         if not pairs:
             return []
         glue, device = self.lightglue, self.device
@@ -237,17 +237,10 @@ class Models:
             return max(d["keypoints"].shape[1] for pair in data for d in pair)
 
         size = matching_stage.batch_size(self.conf["matching"], device, most, dtype)
-        workers = matching_stage.pair_workers(device) if size == 1 else 1
-
-        def run(chunk):
-            if size > 1:
-                return matching_stage.match_batch(glue, chunk)
-            return [matching_stage.match_inputs(glue, *chunk[0])]
-
         out = []
         chunks = [data[start : start + size] for start in range(0, len(data), size)]
         with tqdm(total=len(data), desc="orientation pairs", unit="pair", mininterval=2) as bar:
-            for chunk, found in matching_stage.ordered_map(run, chunks, workers):
+            for chunk, found in matching_stage.match_chunks(glue, chunks, size, device):
                 out += found
                 bar.update(len(chunk))
         return out

@@ -41,6 +41,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..cache import done_keys, h5_name, pair_key, resumable_h5
@@ -109,8 +110,6 @@ def cross_attention(
     builds the [heads x M x N] similarity and two softmaxes of it, which on a CPU take 2.4x as
     long at 2048 keypoints (the same outputs within 1e-6). The shared query-key projection
     scaled by 1/sqrt(head size) is what SDPA's default scale applies."""
-    import torch.nn.functional as F
-
     qk0, qk1 = block.to_qk(x0), block.to_qk(x1)
     v0, v1 = block.to_v(x0), block.to_v(x1)
     heads = (qk0, qk1, v0, v1)
@@ -416,15 +415,11 @@ def _match_all(model, conf, todo, inputs: Inputs, f: h5py.File, device) -> None:
                 return
             yield item
 
-    def run(item):
-        _, data = item
-        return match_batch(model, data) if size > 1 else [match_inputs(model, *data[0])]
-
-    workers = pair_workers(device) if size == 1 else 1
     bar = tqdm(total=len(todo), desc="matching", unit="pair", mininterval=2)
     stream = _prefetch(batches, features_path, device, dtype)
     with bar, contextlib.closing(stream):
-        for (batch, data), found in ordered_map(run, until_deadline(stream), workers):
+        found_all = match_chunks(model, until_deadline(stream), size, device, lambda it: it[1])
+        for (batch, data), found in found_all:
             if any("sift" in d for pair in data for d in pair):
                 found = [with_sift(*d, m, conf["sift_ratio"]) for d, m in zip(data, found)]
             for (a, b), (matches, scores) in zip(batch, found):
@@ -433,6 +428,25 @@ def _match_all(model, conf, todo, inputs: Inputs, f: h5py.File, device) -> None:
             if inputs.on_matched is not None:
                 inputs.on_matched(batch, found)
             bar.update(len(batch))
+
+
+def match_chunks(
+    model: torch.nn.Module,
+    items: Iterable,
+    size: int,
+    device: str | torch.device,
+    data_of: Callable = lambda item: item,
+) -> Iterator[tuple]:
+    """(item, [(matches, scores) per pair]) for each of `items`, in order; `data_of(item)` is
+    its list of LightGlue input pairs (`inputs`). With `size` > 1 each item's pairs run in one
+    padded forward pass (`match_batch`); with 1 each item is one pair (`match_inputs`), and
+    `pair_workers` items run at once."""
+
+    def run(item):
+        data = data_of(item)
+        return match_batch(model, data) if size > 1 else [match_inputs(model, *data[0])]
+
+    return ordered_map(run, items, pair_workers(device) if size == 1 else 1)
 
 
 def pair_workers(device: str | torch.device) -> int:
