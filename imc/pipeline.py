@@ -226,7 +226,7 @@ class Models:
     def match_many(self, pairs: list[tuple[dict, dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Match feature pairs (imc.stages.features.extract_image dicts) in batches of the size the
         matching settings and the device give (imc.stages.matching.batch_size), or one at a
-        time `pair_workers` at once (imc.stages.matching.match_chunks)."""
+        time several at once on the CPU (imc.stages.matching.match_chunks)."""
         if not pairs:
             return []
         glue, device = self.lightglue, self.device

@@ -14,6 +14,7 @@ from imc.cache import h5_key
 from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.images import read_image
+from imc.parallel import one_thread
 from imc.settings import weights_dirs
 from imc.stages import feature_file, features
 
@@ -48,7 +49,8 @@ def temple(bench_root):
 
 @pytest.fixture(scope="module")
 def temple_feats(model, temple):
-    return [features.extract_image(model, im, CONF) for im in temple[1]]
+    with one_thread():  # as the stage describes each image on the CPU (imc.parallel)
+        return [features.extract_image(model, im, CONF) for im in temple[1]]
 
 
 def test_unknown_model_lists_valid():
@@ -120,7 +122,8 @@ def test_rotation_round_trip_is_exact(model, temple, temple_feats):
     assert np.argwhere(rot_marker == 1).tolist() == [[30, h - 1 - 100]]  # row 30, col 379
     # So a point (x, y) of the original is at (h - 1 - y, x) in the copy.
     copy = np.ascontiguousarray(np.rot90(image, -1))
-    f = features.extract_image(model, copy, CONF, rotation_k=1)
+    with one_thread():
+        f = features.extract_image(model, copy, CONF, rotation_k=1)
     ref = temple_feats[0]
     assert f["image_size"] == (h, w) and f["upright_size"] == ref["upright_size"]
     np.testing.assert_array_equal(f["keypoints_upright"], ref["keypoints_upright"])
@@ -186,7 +189,8 @@ def test_dark_image_gets_its_strongest_keypoints_up_to_the_floor(model, bench_ro
 
 @needs_weights
 def test_floor_leaves_an_image_with_enough_keypoints_alone(model, temple, temple_feats):
-    floored = features.extract_image(model, temple[1][0], {**CONF, "min_keypoints": 100})
+    with one_thread():
+        floored = features.extract_image(model, temple[1][0], {**CONF, "min_keypoints": 100})
     assert len(temple_feats[0]["keypoints"]) > 100
     for name in feature_file.ARRAYS:
         np.testing.assert_array_equal(floored[name], temple_feats[0][name])
@@ -301,3 +305,42 @@ def test_stage_stores_sift_and_counts_both_kinds(model, temple, temple_feats, tm
     plain = features.main(WHOLE, features.Inputs(ds, load_model=lambda: model), tmp_path / "p")
     without = feature_file.load_features(plain, "a.png", feature_file.ARRAYS + (feature_file.SIFT,))
     assert feature_file.SIFT not in without and len(without["keypoints"]) == n
+
+
+@needs_weights
+def test_images_described_two_at_once_give_what_one_at_a_time_gives(model, temple, tmp_path):
+    """The stage with one torch thread (images one after another) and with two (two images at
+    once, one thread each, a model copy each): the same arrays, in dataset order, and the
+    unreadable image recorded as failed in both."""
+    ds = _dataset(temple, tmp_path)
+    rotations = {"templeR0002.png": 1}
+    threads, written = torch.get_num_threads(), []
+    mp = pytest.MonkeyPatch()
+    for name in ("_write", "_write_failed"):
+        real = getattr(features, name)
+        mp.setattr(
+            features, name, lambda f, key, *a, real=real: (written.append(key), real(f, key, *a))
+        )
+    try:
+        torch.set_num_threads(1)
+        one = features.main(
+            WHOLE, features.Inputs(ds, rotations, load_model=lambda: model), tmp_path / "1"
+        )
+        torch.set_num_threads(2)
+        two = features.main(
+            WHOLE, features.Inputs(ds, rotations, load_model=lambda: model), tmp_path / "2"
+        )
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    assert written == [h5_key(im.name) for im in ds.images] * 2  # in dataset order
+    for name in ("sub/templeR0001.png", "templeR0002.png"):
+        a, b = feature_file.load_features(one, name), feature_file.load_features(two, name)
+        assert a["rotation"] == b["rotation"] == rotations.get(name, 0)
+        for key in feature_file.ARRAYS:
+            np.testing.assert_array_equal(a[key], b[key])
+    assert (
+        feature_file.failed_images(one).keys()
+        == feature_file.failed_images(two).keys()
+        == {"broken.png"}
+    )

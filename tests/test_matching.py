@@ -14,6 +14,7 @@ from imc.cache import h5_key, pair_key
 from imc.data import Dataset, ImageInfo
 from imc.errors import ImcError
 from imc.images import read_image
+from imc.parallel import cpu_workers, one_thread
 from imc.settings import weights_dirs
 from imc.stages import feature_file, features, matching
 from imc.weights import load_state_dict
@@ -50,9 +51,11 @@ def temple(bench_root, models):
     paths = [bench_root / "train" / "templeRing" / f"templeR000{i}.png" for i in (1, 2)]
     images = [read_image(p) for p in paths]
     aliked = models[0]
-    feats = [features.extract_image(aliked, im, FEATURES) for im in images]
     flipped = np.ascontiguousarray(images[1][::-1, ::-1])
-    return paths, images, feats, features.extract_image(aliked, flipped, FEATURES, rotation_k=2)
+    with one_thread():  # as the stage describes each image on the CPU (imc.parallel)
+        feats = [features.extract_image(aliked, im, FEATURES) for im in images]
+        upside = features.extract_image(aliked, flipped, FEATURES, rotation_k=2)
+    return paths, images, feats, upside
 
 
 def magsac_inlier_ratio(k0: np.ndarray, k1: np.ndarray, matches: np.ndarray) -> float:
@@ -267,32 +270,6 @@ def test_stage_in_batches_writes_what_pair_by_pair_writes(models, temple, tmp_pa
         )
 
 
-def test_ordered_map_keeps_order_restores_threads_and_raises():
-    import time
-
-    threads = torch.get_num_threads()
-    seen_threads = []
-
-    def slow_first(k):
-        seen_threads.append(torch.get_num_threads())
-        time.sleep(0.05 if k == 0 else 0.0)  # the first finishes last
-        return k * k
-
-    out = list(matching.ordered_map(slow_first, iter(range(7)), 2))
-    assert out == [(k, k * k) for k in range(7)]
-    assert set(seen_threads) == {1} and torch.get_num_threads() == threads
-
-    def fails(k):
-        if k == 3:
-            raise ValueError("pair 3")
-        return k
-
-    with pytest.raises(ValueError, match="pair 3"):
-        list(matching.ordered_map(fails, range(6), 2))
-    assert torch.get_num_threads() == threads
-    assert list(matching.ordered_map(fails, range(3), 1)) == [(0, 0), (1, 1), (2, 2)]
-
-
 def test_pairs_matched_two_at_once_give_what_one_at_a_time_gives(models, tmp_path):
     """The stage on the demo scene with one torch thread (pairs one after another) and with
     two (two pairs at once, one thread each): the same matches."""
@@ -308,10 +285,10 @@ def test_pairs_matched_two_at_once_give_what_one_at_a_time_gives(models, tmp_pat
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert matching.pair_workers("cpu") == 1
+        assert cpu_workers("cpu") == 1
         one = matching.main(WHOLE, inputs, tmp_path / "one")
         torch.set_num_threads(2)
-        assert matching.pair_workers("cpu") == 2 and matching.pair_workers("cuda") == 1
+        assert cpu_workers("cpu") == 2 and cpu_workers("cuda") == 1
         two = matching.main(WHOLE, inputs, tmp_path / "two")
     finally:
         torch.set_num_threads(threads)

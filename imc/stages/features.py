@@ -33,6 +33,7 @@ from ..images import (
     unrotate_points,
 )
 from ..log import logger
+from ..parallel import PerThread, cpu_workers, ordered_map
 from ..weights import load_state_dict, load_strict
 from .feature_file import ARRAYS, SIFT
 
@@ -237,14 +238,26 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
     conf: the whole configuration; reads its features section and
     images.apply_exif_orientation.
     Resumable: images already done with the same rotation are skipped. An unreadable image is
-    logged and recorded as failed (see `feature_file.failed_images`); the others go on.
+    logged and recorded as failed (see `feature_file.failed_images`); the others go on. On the
+    CPU, images are described several at once, one torch thread each (imc.parallel), and
+    written in dataset order.
     """
     fconf, dataset, device = conf["features"], inputs.dataset, inputs.device
     out = Path(out_dir) / "features.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
     rotations = inputs.rotations or {}
     logger.info("features: %s, %d images, %s", dataset.name, len(dataset.images), fconf)
-    model = None
+    workers = cpu_workers(device)
+    # Built when an image needs extracting; a copy per worker thread.
+    model = PerThread(inputs.load_model or (lambda: build_model(fconf, device)), workers)
+
+    def describe(item: tuple) -> dict | ImageReadError:
+        im, image = item
+        if isinstance(image, ImageReadError):
+            return image
+        k = rotations.get(im.name, 0) % 4
+        return add_sift(extract_image(model(), image, fconf, k, device), image, fconf)
+
     with resumable_h5(out) as f:
         todo = [
             im
@@ -254,16 +267,15 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
         if len(todo) < len(dataset.images):
             logger.info("features: %d images already done", len(dataset.images) - len(todo))
         images = read_ahead([im.path for im in todo], conf["images"]["apply_exif_orientation"])
-        bar = tqdm(todo, desc="features", unit="image", mininterval=2, disable=not todo)
-        for im, image in zip(bar, images):
-            k = rotations.get(im.name, 0) % 4
-            if isinstance(image, ImageReadError):
-                logger.warning("features: skipping unreadable image %s: %s", im.path, image)
-                _write_failed(f, h5_key(im.name), str(image), k)
-                continue
-            if model is None:
-                model = inputs.load_model() if inputs.load_model else build_model(fconf, device)
-            feats = add_sift(extract_image(model, image, fconf, k, device), image, fconf)
-            _write(f, h5_key(im.name), feats, k)
-            f.flush()  # a killed run keeps every image written so far
+        bar = tqdm(total=len(todo), desc="features", unit="image", mininterval=2, disable=not todo)
+        with bar:
+            for (im, _), feats in ordered_map(describe, zip(todo, images), workers):
+                k = rotations.get(im.name, 0) % 4
+                if isinstance(feats, ImageReadError):
+                    logger.warning("features: skipping unreadable image %s: %s", im.path, feats)
+                    _write_failed(f, h5_key(im.name), str(feats), k)
+                else:
+                    _write(f, h5_key(im.name), feats, k)
+                f.flush()  # a killed run keeps every image written so far
+                bar.update()
     return out

@@ -32,9 +32,8 @@ import queue
 import threading
 import time
 import types
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from tqdm import tqdm
 from ..cache import done_keys, h5_name, pair_key, resumable_h5
 from ..errors import ImcError
 from ..log import logger
+from ..parallel import cpu_workers, ordered_map
 from ..weights import load_state_dict, load_strict
 from . import feature_file
 
@@ -398,7 +398,7 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
 
 def _match_all(model, conf, todo, inputs: Inputs, f: h5py.File, device) -> None:
     """Match `todo` in batches into the open matches.h5 `f`, the next batch's features read
-    on a background thread, pairs one at a time matched `pair_workers` at once; stop at
+    on a background thread, pairs one at a time matched `cpu_workers` at once; stop at
     `inputs.deadline`; each batch written (in order) is handed to `inputs.on_matched`."""
     features_path, deadline = inputs.features_path, inputs.deadline
     dtype = next(model.parameters()).dtype
@@ -440,48 +440,15 @@ def match_chunks(
     """(item, [(matches, scores) per pair]) for each of `items`, in order; `data_of(item)` is
     its list of LightGlue input pairs (`inputs`). With `size` > 1 each item's pairs run in one
     padded forward pass (`match_batch`); with 1 each item is one pair (`match_inputs`), and
-    `pair_workers` items run at once."""
+    `parallel.cpu_workers` items run at once, one thread each (at a few hundred to 2048
+    keypoints per image LightGlue's matrices keep two threads of one pair less busy than two
+    pairs on a thread each: 1.12x the pairs per second on ETs, 1.23x on castle, 2 cores)."""
 
     def run(item):
         data = data_of(item)
         return match_batch(model, data) if size > 1 else [match_inputs(model, *data[0])]
 
-    return ordered_map(run, items, pair_workers(device) if size == 1 else 1)
-
-
-def pair_workers(device: str | torch.device) -> int:
-    """Pairs matched at once, one at a time each: on the CPU one per torch thread, each pair
-    on one thread (at a few hundred to 2048 keypoints per image LightGlue's matrices keep two
-    threads of one pair less busy than two pairs on a thread each: 1.12x the pairs per second
-    on ETs, 1.23x on castle, 2 cores); on CUDA 1 (batches fill the device instead)."""
-    if torch.device(device).type == "cuda":
-        return 1
-    return max(1, torch.get_num_threads())
-
-
-def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
-    """(item, fn(item)) for each of `items`, in order. With `workers` > 1, that many items run
-    at once on threads, torch held to one thread each meanwhile (restored after); items are
-    drawn from `items` on the calling thread, a few ahead of the results."""
-    if workers <= 1:
-        for item in items:
-            yield item, fn(item)
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="pairs") as pool:
-            pending: deque = deque()
-            for item in items:
-                pending.append((item, pool.submit(fn, item)))
-                if len(pending) > workers:
-                    item0, future = pending.popleft()
-                    yield item0, future.result()
-            while pending:
-                item0, future = pending.popleft()
-                yield item0, future.result()
-    finally:
-        torch.set_num_threads(threads)
+    return ordered_map(run, items, cpu_workers(device) if size == 1 else 1)
 
 
 def _max_keypoints(features_path: Path) -> int:

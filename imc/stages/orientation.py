@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..cache import atomic_write_text
 from ..images import ImageReadError, read_ahead
 from ..log import logger
+from ..parallel import PerThread, cpu_workers, ordered_map
 from .verification import fit_fundamental
 
 if TYPE_CHECKING:
@@ -148,7 +149,8 @@ class Inputs:
     names: the dataset's image names, in dataset order.
     paths: image name -> its file.
     load_model: returns the run's feature model (imc.pipeline.Models.aliked); called once,
-        when rotations are estimated (not when cached, disabled or for a single image).
+        when rotations are estimated (not when cached, disabled or for a single image); on
+        the CPU each worker thread describes its images with a copy of it (imc.parallel).
     match_many: a list of feature pairs (imc.stages.features.extract_image dicts) -> per pair
         (matches [M x 2] int32, scores [M] float32), batched where the device allows
         (imc.pipeline.Models.match_many).
@@ -183,15 +185,18 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> dict[str, int]:
         "min_keypoints": 0,
         "min_long_side": 0,  # orientation's small features are never upscaled
     }
-    model, feats = inputs.load_model(), []
-    apply_exif = conf["images"]["apply_exif_orientation"]
-    images = read_ahead([inputs.paths[n] for n in names], apply_exif)
-    for image in tqdm(
-        images, total=len(names), desc="orientation features", unit="img", mininterval=2
-    ):
+    workers = cpu_workers(inputs.device)
+    model = PerThread(inputs.load_model, workers)  # a copy per worker thread
+
+    def describe(image: np.ndarray | ImageReadError) -> list[dict]:
         if isinstance(image, ImageReadError):
             image = np.zeros((64, 64, 3), np.uint8)  # reported by the feature stage
-        feats.append(rotated_features(model, image, small, inputs.device))
+        return rotated_features(model(), image, small, inputs.device)
+
+    apply_exif = conf["images"]["apply_exif_orientation"]
+    images = read_ahead([inputs.paths[n] for n in names], apply_exif)
+    bar = tqdm(images, total=len(names), desc="orientation features", unit="img", mininterval=2)
+    feats = [fs for _, fs in ordered_map(describe, bar, workers)]
     pooled = np.stack([[pooled_descriptor(f["descriptors"]) for f in fs] for fs in feats])
     pairs = neighbour_pairs(pooled, oconf["num_neighbors"])
     edges = []
