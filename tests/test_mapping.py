@@ -403,6 +403,31 @@ def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
     assert "global pipeline on [11, 7] of 11 pairs" in caplog.text
 
 
+def test_each_global_level_is_mapped_with_each_seed_and_support_chooses(tmp_path, caplog):
+    """With `global_seeds` 2, the global pipeline maps its level with runtime.seed and
+    runtime.seed + 1; the models kept are those of the run with the most agreeing inliers,
+    as the log's counts say, and their folder is the only one left."""
+    scene = make_scene(n_cams=6, noise=0.3)
+    names = [f"im{i}.png" for i in range(6)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    pairs = verified_pairs(scene, names)
+    over = {"mapper": "global", "camera_mode": "per_image", "global_seeds": 2}
+    conf = config.merge(config.DEFAULTS, {"mapping": over, "runtime": {"seed": 5}})
+    conf["mapping"]["global_min_relative_inliers"] = [0.0]
+    with caplog.at_level("INFO", logger="imc"):
+        result = mapping.main(conf, mapping.Inputs(ds, names, feats, pairs), tmp_path / "out")
+    assert set(result.preds) == set(names)
+    line = next(r.message for r in caplog.records if "global pipeline on" in r.message)
+    assert "seeds [5, 6]" in line
+    counts = [int(c) for c in line.split("seeds [5, 6]): [")[1].split("]")[0].split(",")]
+    assert len(counts) == 2  # one level, two seeds
+    model = [pycolmap.Reconstruction(d) for d in sorted((tmp_path / "out" / "sfm").glob("[0-9]*"))]
+    _, db_names = mapping.database_names(ds)
+    name_of = {v: k for k, v in db_names.items()}
+    assert global_mapping.model_support(model, pairs, feats, name_of) == max(counts)
+    assert not list((tmp_path / "out").glob("*global*"))
+
+
 def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):
     scene = make_scene(n_cams=4, noise=0.3, outlier_frac=0.0)
     names = [f"im{i}.png" for i in range(4)]

@@ -18,7 +18,10 @@ inliers (`model_support`: the matches of every verified pair, the dropped ones i
 SUPPORT_MAX_ERROR px of the epipolar geometry of the two posed cameras). Which pairs a sparse
 ring keeps decides whether its arcs join at the right angle, in a way no single level predicts;
 a model joined wrongly contradicts the pairs at the joint, and the count of agreeing inliers
-shows it (dinoSparseRing: BENCHMARKS.md).
+shows it (dinoSparseRing: BENCHMARKS.md). The global pipeline starts from random camera
+positions, so the same pairs can join at the right angle with one seed and not with another;
+each level is therefore mapped with `global_seeds` seeds, and the same count chooses among all
+of them.
 
 The kept models go to the pass's sfm folder with the database of the pairs they were mapped
 from, `<sfm folder>/database.db` (imc.stages.mapping.MappingResult.global_database). The global
@@ -149,20 +152,24 @@ def epipolar_errors(
 def map_levels(
     run: MappingRun, shared: dict[str, tuple], sfm_dir: Path
 ) -> list[pycolmap.Reconstruction]:
-    """The global pipeline on the pairs of each of `run.levels` (global_pairs); the models that
-    agree with the most verified inliers (model_support; ties: the first level) go to `sfm_dir`
-    with their database. A level whose pairs are those of the level before is skipped. The
-    levels run `concurrent_runs` at a time, each with `mapping_threads`; a wave starts only if
-    the time left exceeds what the last wave took. Returns the kept models, largest first; sets
+    """The global pipeline on the pairs of each of `run.levels` (global_pairs), each level
+    mapped with `global_seeds` seeds (runtime.seed, runtime.seed + 1, ...); of all these
+    hypotheses, the models that agree with the most verified inliers (model_support; ties: the
+    first seed, then the first level) go to `sfm_dir` with their database. A level whose pairs
+    are those of the level before is skipped. The runs go `concurrent_runs` at a time, each
+    with `mapping_threads`, every level's first seed first; a wave starts only if the time left
+    exceeds what the last wave took. Returns the kept models, largest first; sets
     `run.result.global_pairs`."""
     global_conf = {**run.conf, "mapper": "global"}
     if run.conf["mapper"] != "global":
         global_conf["options"] = {}  # the options are the incremental pipeline's
-    todo = []
+    levels = []
     for k, level in enumerate(run.levels):
         pairs = global_pairs(run.names, run.verified, level)
-        if not todo or len(pairs) != len(todo[-1][1]):  # nested sets: same size, same pairs
-            todo.append((k, pairs))
+        if not levels or len(pairs) != len(levels[-1][1]):  # nested sets: same size, same pairs
+            levels.append((k, pairs))
+    seeds = [run.runtime["seed"] + j for j in range(run.conf["global_seeds"])]
+    todo = [(k, pairs, seed) for seed in seeds for k, pairs in levels]
     done, took, width = [], 0.0, concurrent_runs(run.runtime)
     for start in range(0, len(todo), width):
         started = time.monotonic()
@@ -173,25 +180,25 @@ def map_levels(
         with ThreadPoolExecutor(len(wave), thread_name_prefix="global-level") as pool:
             found = pool.map(
                 lambda job: _map_level(
-                    run, global_conf, job[1], shared, _level_dir(sfm_dir, job[0])
+                    run, global_conf, job[1], shared, _level_dir(sfm_dir, job[0], job[2]), job[2]
                 ),
                 wave,
             )
-            done += [(k, pairs, *result) for (k, pairs), result in zip(wave, found)]
+            done += [(k, pairs, seed, *result) for (k, pairs, seed), result in zip(wave, found)]
         took = time.monotonic() - started
     best, best_support = [], -1
-    for k, pairs, models, support in done:
+    for k, pairs, seed, models, support in done:
         if support > best_support:
             shutil.rmtree(sfm_dir, ignore_errors=True)
-            os.replace(_level_dir(sfm_dir, k), sfm_dir)
+            os.replace(_level_dir(sfm_dir, k, seed), sfm_dir)
             best, best_support, run.result.global_pairs = models, support, len(pairs)
         else:
-            shutil.rmtree(_level_dir(sfm_dir, k), ignore_errors=True)
+            shutil.rmtree(_level_dir(sfm_dir, k, seed), ignore_errors=True)
     logger.info(
         "mapping %s: global pipeline on %s of %d pairs (min_relative_inliers %s, repeated "
-        "pair sets skipped): %s verified inliers agree with its models; kept %d pairs",
-        run.dataset, [len(p) for _, p, *_ in done], len(run.verified), run.levels,
-        [d[3] for d in done], run.result.global_pairs,
+        "pair sets skipped; seeds %s): %s verified inliers agree with its models; kept %d pairs",
+        run.dataset, [len(p) for _, p in levels], len(run.verified), run.levels, seeds,
+        [d[4] for d in done], run.result.global_pairs,
     )  # fmt: skip
     return best
 
@@ -204,8 +211,8 @@ def concurrent_runs(runtime: dict) -> int:
     return max(1, cores // max(1, runtime["mapping_threads"]))
 
 
-def _level_dir(sfm_dir: Path, k: int) -> Path:
-    return sfm_dir.with_name(f"{sfm_dir.name}-global{k}")
+def _level_dir(sfm_dir: Path, k: int, seed: int) -> Path:
+    return sfm_dir.with_name(f"{sfm_dir.name}-global{k}-seed{seed}")
 
 
 def _map_level(
@@ -214,18 +221,18 @@ def _map_level(
     pairs: dict[tuple[str, str], dict],
     shared: dict[str, tuple],
     run_dir: Path,
+    seed: int,
 ) -> tuple[list[pycolmap.Reconstruction], int]:
-    """The global pipeline on `pairs` into `run_dir`, its database moved to
-    `run_dir/database.db`. Returns the models, largest first, and their model_support over
-    every verified pair."""
+    """The global pipeline on `pairs` with pycolmap seeded by `seed` into `run_dir`, its
+    database moved to `run_dir/database.db`. Returns the models, largest first, and their
+    model_support over every verified pair."""
     db_path = run_dir.with_name(run_dir.name + ".db")
     build_database(
         db_path, run.names, run.db_names, run.features, pairs, shared, run.focals,
         run.conf["camera_model"],
     )  # fmt: skip
     models = run_mapper(
-        global_conf, db_path, run.image_dir, run_dir, run.runtime["mapping_threads"],
-        run.runtime["seed"],
+        global_conf, db_path, run.image_dir, run_dir, run.runtime["mapping_threads"], seed,
     )  # fmt: skip
     os.replace(db_path, run_dir / "database.db")
     return models, model_support(models, run.verified, run.features, run.name_of)
