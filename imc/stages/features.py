@@ -246,6 +246,7 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
     out = Path(out_dir) / "features.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
     rotations = inputs.rotations or {}
+    k_of = {im.name: rotations.get(im.name, 0) % 4 for im in dataset.images}
     logger.info("features: %s, %d images, %s", dataset.name, len(dataset.images), fconf)
     workers = cpu_workers(device)
     # Built when an image needs extracting; a copy per worker thread.
@@ -255,27 +256,21 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> Path:
         im, image = item
         if isinstance(image, ImageReadError):
             return image
-        k = rotations.get(im.name, 0) % 4
-        return add_sift(extract_image(model(), image, fconf, k, device), image, fconf)
+        return add_sift(extract_image(model(), image, fconf, k_of[im.name], device), image, fconf)
 
     with resumable_h5(out) as f:
-        todo = [
-            im
-            for im in dataset.images
-            if not _is_done(f, h5_key(im.name), rotations.get(im.name, 0) % 4)
-        ]
+        todo = [im for im in dataset.images if not _is_done(f, h5_key(im.name), k_of[im.name])]
         if len(todo) < len(dataset.images):
             logger.info("features: %d images already done", len(dataset.images) - len(todo))
         images = read_ahead([im.path for im in todo], conf["images"]["apply_exif_orientation"])
         bar = tqdm(total=len(todo), desc="features", unit="image", mininterval=2, disable=not todo)
         with bar:
             for (im, _), feats in ordered_map(describe, zip(todo, images), workers):
-                k = rotations.get(im.name, 0) % 4
                 if isinstance(feats, ImageReadError):
                     logger.warning("features: skipping unreadable image %s: %s", im.path, feats)
-                    _write_failed(f, h5_key(im.name), str(feats), k)
+                    _write_failed(f, h5_key(im.name), str(feats), k_of[im.name])
                 else:
-                    _write(f, h5_key(im.name), feats, k)
+                    _write(f, h5_key(im.name), feats, k_of[im.name])
                 f.flush()  # a killed run keeps every image written so far
                 bar.update()
     return out

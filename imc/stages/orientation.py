@@ -195,8 +195,9 @@ def main(conf: dict, inputs: Inputs, out_dir: Path) -> dict[str, int]:
 
     apply_exif = conf["images"]["apply_exif_orientation"]
     images = read_ahead([inputs.paths[n] for n in names], apply_exif)
-    bar = tqdm(images, total=len(names), desc="orientation features", unit="img", mininterval=2)
-    feats = [fs for _, fs in ordered_map(describe, bar, workers)]
+    described = ordered_map(describe, images, workers)
+    bar = tqdm(described, total=len(names), desc="orientation features", unit="img", mininterval=2)
+    feats = [fs for _, fs in bar]
     pooled = np.stack([[pooled_descriptor(f["descriptors"]) for f in fs] for fs in feats])
     pairs = neighbour_pairs(pooled, oconf["num_neighbors"])
     edges = []
