@@ -127,7 +127,8 @@ class MatchingJob:
     pairs: the retrieval pairs. match(pairs, deadline): matches them (resumable, stopping at the
     `time.monotonic()` deadline when not None) and returns matches.h5. done(pairs): how many of
     `pairs` (all pairs in the file when None) are matched. descriptors(): the image names and
-    [N x D] global descriptors that pairs are cut with. retrieval: the retrieval settings."""
+    [N x D] global descriptors that pairs are cut with. retrieval: the retrieval settings, its
+    min_similarity resolved (imc.stages.pairs.min_similarity)."""
 
     pairs: Pairs
     match: Callable[[Pairs, float | None], Path]

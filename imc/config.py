@@ -35,7 +35,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dinov2_dir": None,  # folder of a transformers Dinov2Model; None: search the settings
         "image_size": 448,  # short side of the DINOv2 input (rounded to a multiple of 14)
         "num_neighbors": 12,  # k of the FAISS k-NN search, per image
-        "min_similarity": 0.2,  # cosine similarity below which a neighbour is no pair
+        # cosine similarity below which two images are no pair; None: the descriptor's own
+        # (imc.stages.pairs.MIN_SIMILARITY: aliked 0.5, dinov2 0.2)
+        "min_similarity": None,
         "exhaustive_below": 40,  # datasets with fewer images use all pairs
     },
     "orientation": {
@@ -196,6 +198,11 @@ def when(text: str, test: Callable[[Any], bool]) -> Expect:
     return Expect(text, check)
 
 
+def optional(expect: Expect) -> Expect:
+    """null, or a value that `expect` takes."""
+    return Expect(f"null or {expect.text}", lambda v: None if v is None else expect.check(v))
+
+
 def flag() -> Expect:
     return when("true or false", lambda v: isinstance(v, bool))
 
@@ -228,7 +235,7 @@ EXPECT: dict[str, dict[str, Expect]] = {
         ),
         "image_size": integer(1),
         "num_neighbors": integer(1),
-        "min_similarity": number(-1.0, 1.0),
+        "min_similarity": optional(number(-1.0, 1.0)),
         "exhaustive_below": integer(0),
     },
     "orientation": {

@@ -403,9 +403,11 @@ def matching_job(
     def done(of: list | None) -> int:
         return matching_stage.count_done(out_dir / "matches.h5", of)
 
+    floor = pairs.min_similarity(conf["retrieval"], global_path)  # null: the descriptor's own
     return MatchingJob(
-        pair_list, match, done, lambda: retrieval.load_global(global_path), conf["retrieval"]
-    )
+        pair_list, match, done, lambda: retrieval.load_global(global_path),
+        {**conf["retrieval"], "min_similarity": floor},
+    )  # fmt: skip
 
 
 def worker_devices(runtime: dict) -> list[str]:

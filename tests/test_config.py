@@ -113,6 +113,8 @@ def test_defaults_and_every_preset_pass():
         ("verification.method=8pt", "'8pt'", "one of 'magsac', 'ransac', 'lmeds'"),
         ("retrieval.dinov2_dir=3", "3", "null or a folder path (a string)"),
         ('retrieval.dinov2_dir=""', "''", "null or a folder path (a string)"),
+        ("retrieval.min_similarity=2", "2", "null or a number in [-1, 1]"),
+        ("retrieval.min_similarity=high", "'high'", "null or a number in [-1, 1]"),
         ("mapping.global_min_relative_inliers=[]", "[]", "a number in [0, 1] or a non-empty"),
         ("mapping.global_min_relative_inliers=[0.2,2]", "[0.2, 2]", "a number in [0, 1] or"),
         ("mapping.global_min_relative_inliers=x", "'x'", "a number in [0, 1] or"),

@@ -1,4 +1,7 @@
+import math
 import sqlite3
+import time
+import types
 
 import cv2
 import numpy as np
@@ -287,6 +290,18 @@ def test_reprojection_error_weighs_models_by_observations(tmp_path):
     assert mapping.reprojection_error([]) == float("inf")
 
 
+class _Im:
+    def __init__(self, name):
+        self.name, self.has_pose = name, True
+
+
+class _Model:
+    """Stands for a pycolmap.Reconstruction where only its registered names matter."""
+
+    def __init__(self, names):
+        self.images = {i: _Im(n) for i, n in enumerate(names)}
+
+
 def test_pair_groups_and_their_coverage():
     names = ["a", "b", "c", "d", "e", "f", "g"]
     pairs = [("a", "b"), ("b", "c"), ("d", "e"), ("f", "g"), ("x", "a")]
@@ -300,17 +315,88 @@ def test_pair_groups_and_their_coverage():
     ]
     assert global_mapping.pair_groups(names, {}, 2) == []
 
-    class Im:
-        def __init__(self, name):
-            self.name, self.has_pose = name, True
-
-    class Model:
-        def __init__(self, names):
-            self.images = {i: Im(n) for i, n in enumerate(names)}
-
-    models = [Model(["a", "b", "d"]), Model(["b", "c", "d", "e"])]
+    models = [_Model(["a", "b", "d"]), _Model(["b", "c", "d", "e"])]
     groups = global_mapping.pair_groups(names, verified, 2)
     assert global_mapping.coverage(models, groups, {n: n for n in names}) == [2, 2, 0]
+    # a-b-c and d-e are each registered in both models: split; f-g in none
+    assert global_mapping.split(models, groups, {n: n for n in names}) == [True, True, False]
+    assert global_mapping.split(models[:1], groups, {n: n for n in names}) == [False] * 3
+
+
+@pytest.mark.parametrize(
+    "supports, kept",
+    [((1000, 1003), "global"), ((1000, 1001), "incremental"), ((1003, 1000), "incremental")],
+)
+def test_a_split_group_is_mapped_globally_and_support_decides_on_equal_coverage(
+    tmp_path, monkeypatch, caplog, supports, kept
+):
+    """Incremental models a-b-c-d | d-e hold 4 of the 5 images of a group (at the 0.8 share)
+    but split it, so the global pipeline runs too; its models cover as many, and are kept only
+    with more than SUPPORT_MARGIN (0.2 %) more agreeing inliers."""
+    incremental, alt = [_Model("abcd"), _Model("de")], [_Model("abcd")]
+    names = {n: n for n in "abcde"}
+    run = types.SimpleNamespace(
+        conf={"global_fallback": 0.8}, linked_groups=[set("abcde")], name_of=names,
+        end=math.inf, dataset="toy", verified={}, features=None,
+    )  # fmt: skip
+
+    def map_levels(run, shared, alt_dir):
+        alt_dir.mkdir()
+        return alt
+
+    monkeypatch.setattr(global_mapping, "map_levels", map_levels)
+    monkeypatch.setattr(
+        global_mapping, "model_support", lambda m, *a: supports[0 if m is incremental else 1]
+    )
+    sfm = tmp_path / "sfm"
+    sfm.mkdir()
+    with caplog.at_level("INFO", logger="imc"):
+        models, mapper = global_mapping.fallback(run, incremental, {}, sfm, time.monotonic())
+    assert "as many images covered" in caplog.text
+    assert mapper == kept and models is (alt if kept == "global" else incremental)
+    assert sfm.is_dir() and not (tmp_path / "sfm-global").exists()
+    # one model holding 4 of 5 (the share) and no second piece: no global pipeline
+    calls = []
+    monkeypatch.setattr(global_mapping, "map_levels", lambda *a: calls.append(a))
+    whole = [_Model("abcd")]
+    assert global_mapping.fallback(run, whole, {}, sfm, time.monotonic()) == (
+        whole, "incremental",
+    )  # fmt: skip
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "second_mapper, supports, cameras",
+    [
+        ("global", (53009, 53578), "shared"),  # mappers differ: support, clearly more
+        ("global", (53009, 53050), "per_image"),  # within the margin: the errors decide
+        ("incremental", (53009, 53578), "per_image"),  # same mapper: the errors decide
+    ],
+)
+def test_passes_of_different_mappers_are_chosen_by_support(
+    monkeypatch, second_mapper, supports, cameras
+):
+    """The per-image pass (incremental, 0.454 px) against the shared pass: as many images
+    registered, the shared pass's error above the tolerance (0.562 px). Made by the same
+    mapper, the errors decide; when the shared pass fell back to the global pipeline, errors of
+    different mappers do not compare and clearly more agreeing inliers decide."""
+    first, second = [_Model("abc")], [_Model("abc")]
+    monkeypatch.setattr(mapping, "registered", lambda m, *a: 3)
+    monkeypatch.setattr(mapping, "reprojection_error", lambda m: 0.454 if m is first else 0.562)
+    support = {id(first): supports[0], id(second): supports[1]}
+    monkeypatch.setattr(mapping, "model_support", lambda m, *a: support[id(m)])
+    for name in ("_keep", "_discard"):
+        monkeypatch.setattr(mapping, name, lambda *a: None)
+    result = mapping.MappingResult()
+    result.mapper = "incremental"
+    run = types.SimpleNamespace(
+        conf={"min_model_size": 3, "reprojection_tolerance": 0.2}, result=result,
+        name_of={}, dataset="toy", verified={}, features=None, out_dir=None,
+    )  # fmt: skip
+    kept = mapping._choose(run, first, {"a": 1}, second, second_mapper)
+    assert result.cameras == cameras
+    assert kept is (second if cameras == "shared" else first)
+    assert result.mapper == (second_mapper if cameras == "shared" else "incremental")
 
 
 def test_global_fallback_maps_what_incremental_mapping_leaves_unmapped(tmp_path, caplog):
@@ -452,6 +538,36 @@ def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):
     assert (
         global_mapping.model_support([model], pairs, feats, name_of) < 0.05 * three + total - three
     )
+
+
+def test_model_support_counts_a_pair_of_overlapping_models_once(tmp_path):
+    """A pair registered in two overlapping models counts once, in the model whose poses fit
+    more of its matches: the same model twice has the support of one copy, and a copy with a
+    camera tilted adds nothing to the untouched one."""
+    scene = make_scene(n_cams=4, noise=0.3, outlier_frac=0.0)
+    names = [f"im{i}.png" for i in range(4)]
+    ds, feats = toy_dataset(scene, names, tmp_path)
+    pairs = verified_pairs(scene, names)
+    map_scene(scene, names, ds, feats, tmp_path / "out")
+    model = pycolmap.Reconstruction(tmp_path / "out" / "sfm" / "0")
+    _, db_names = mapping.database_names(ds)
+    name_of = {v: k for k, v in db_names.items()}
+    one = global_mapping.model_support([model], pairs, feats, name_of)
+    assert one > 0
+    assert global_mapping.model_support([model, model], pairs, feats, name_of) == one
+    tilted = pycolmap.Reconstruction(model)
+    image = next(im for im in tilted.images.values() if name_of[im.name] == "im1.png")
+    turned = pycolmap.Rotation3d(
+        np.array([np.sin(np.deg2rad(2.5)), 0.0, 0.0, np.cos(np.deg2rad(2.5))])
+    )
+    frame = tilted.frames[image.frame_id]
+    frame.rig_from_world = pycolmap.Rigid3d(
+        turned * frame.rig_from_world.rotation, frame.rig_from_world.translation
+    )
+    worse = global_mapping.model_support([tilted], pairs, feats, name_of)
+    assert worse < one
+    for models in ([model, tilted], [tilted, model]):
+        assert global_mapping.model_support(models, pairs, feats, name_of) == one
 
 
 def test_camera_keys_tell_exif_cameras_apart(tmp_path):

@@ -9,7 +9,14 @@ import pytest
 from imc import config
 from imc.cache import h5_key
 from imc.errors import ImcError
-from imc.stages.pairs import Inputs, main, pairs_from_descriptors, read_pairs
+from imc.stages.pairs import (
+    MIN_SIMILARITY,
+    Inputs,
+    main,
+    min_similarity,
+    pairs_from_descriptors,
+    read_pairs,
+)
 
 
 def unit(degrees: list[float]) -> np.ndarray:
@@ -75,11 +82,23 @@ def test_identical_descriptors_still_pair():
 def test_exhaustive_below_size():
     desc = unit([0, 90, 180, 270, 45])
     names = list("abcde")
-    pairs = pairs_from_descriptors(names, desc, k=1, min_similarity=0.99, exhaustive_below=6)
+    pairs = pairs_from_descriptors(names, desc, k=1, min_similarity=-1, exhaustive_below=6)
     assert len(pairs) == 10 and len(set(pairs)) == 10
     assert pairs[:4] == [("a", "b"), ("a", "c"), ("a", "d"), ("a", "e")]
-    # At exactly exhaustive_below images the k-NN mode applies.
-    assert len(pairs_from_descriptors(names, desc, 1, 0.99, exhaustive_below=5)) == 0
+    # At exactly exhaustive_below images the k-NN mode applies: one neighbour each, at most
+    # five pairs.
+    assert len(pairs_from_descriptors(names, desc, 1, -1, exhaustive_below=5)) <= 5
+
+
+def test_all_pairs_drop_the_dissimilar_ones():
+    # Angles 0, 90, 180, 270, 45: cosines 0 (90 deg apart), -1, 0.707 (45 deg).
+    names = list("abcde")
+    desc = unit([0, 90, 180, 270, 45])
+    pairs = pairs_from_descriptors(names, desc, 1, 0.5, exhaustive_below=6, with_scores=True)
+    assert [p[:2] for p in pairs] == [("a", "e"), ("b", "e")]
+    np.testing.assert_allclose([p[2] for p in pairs], [np.cos(np.radians(45))] * 2, atol=1e-6)
+    at_zero = pairs_from_descriptors(names, desc, 1, 0.0, exhaustive_below=6)
+    assert ("a", "b") in at_zero and ("a", "c") not in at_zero  # cos 90 deg = 0 stays
 
 
 def test_empty_and_single():
@@ -111,8 +130,37 @@ def test_main_writes_pairs_file_round_trip(tmp_path):
     assert out == tmp_path / "pairs.txt"
     assert out.read_text() == "z.jpg sub/b.jpg\nsub/b.jpg a.jpg\n"
     assert read_pairs(out) == [("z.jpg", "sub/b.jpg"), ("sub/b.jpg", "a.jpg")]
-    conf["exhaustive_below"] = 5
-    assert len(read_pairs(main(_whole(conf), Inputs(tmp_path / "global.h5"), tmp_path))) == 6
+    conf["exhaustive_below"] = 5  # all pairs of at least 0.5: within 60 degrees
+    assert read_pairs(main(_whole(conf), Inputs(tmp_path / "global.h5"), tmp_path)) == [
+        ("z.jpg", "sub/b.jpg"), ("z.jpg", "a.jpg"), ("sub/b.jpg", "a.jpg"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model, setting, expected",
+    [("aliked", None, 0.5), ("dinov2", None, 0.2), ("test", None, 0.2), ("aliked", 0.3, 0.3)],
+)
+def test_a_null_floor_is_the_descriptors_own(tmp_path, model, setting, expected):
+    path = tmp_path / "global.h5"
+    write_global(path, ["a.jpg", "b.jpg"], unit([0, 10]))
+    with h5py.File(path, "a") as f:
+        f.attrs["model"] = model
+    conf = {"num_neighbors": 1, "min_similarity": setting, "exhaustive_below": 40}
+    assert min_similarity(conf, path) == expected
+    assert MIN_SIMILARITY["aliked"] == 0.5 and MIN_SIMILARITY["dinov2"] == 0.2
+
+
+def test_main_drops_pairs_below_the_descriptors_floor(tmp_path):
+    # 0, 50 and 70 degrees: cosines 0.64 (a-b), 0.34 (a-c), 0.94 (b-c). ALIKED's floor of 0.5
+    # drops a-c; DINOv2's of 0.2 keeps it.
+    path = tmp_path / "global.h5"
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    conf = {"num_neighbors": 5, "min_similarity": None, "exhaustive_below": 40}
+    for model, expected in [("aliked", 2), ("dinov2", 3)]:
+        write_global(path, names, unit([0, 50, 70]))
+        with h5py.File(path, "a") as f:
+            f.attrs["model"] = model
+        assert len(read_pairs(main(_whole(conf), Inputs(path), tmp_path))) == expected
 
 
 def test_main_single_image_writes_empty_file(tmp_path):

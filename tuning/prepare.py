@@ -40,6 +40,7 @@ class Prepared:
     keypoints: name -> [N x 2] float32, stored-image pixels. sizes: name -> (W, H).
     matches: (a, b) -> [M x 2] int32 raw matches, for every pair of the largest pair list.
     global_names, global_desc: the retrieval stage's [N x D] descriptors and their images.
+    global_path: their global.h5 (its model gives the default similarity floor).
     full_seconds: seconds of the preparing pipeline run, when this call ran it (else None).
     """
 
@@ -53,6 +54,7 @@ class Prepared:
     global_desc: np.ndarray
     run_dir: Path
     full_seconds: float | None = None
+    global_path: Path | None = None
     _pairs: dict = field(default_factory=dict, repr=False)
 
     def pairs(self, retrieval_conf: dict) -> list[tuple[str, str]]:
@@ -64,7 +66,7 @@ class Prepared:
                 self.global_names,
                 self.global_desc,
                 retrieval_conf["num_neighbors"],
-                retrieval_conf["min_similarity"],
+                pairs_stage.min_similarity(retrieval_conf, self.global_path),
                 retrieval_conf["exhaustive_below"],
             )
             good = set(self.names)
@@ -152,6 +154,7 @@ def load_prepared(dataset: Dataset, summary_path: Path, seconds: float | None) -
         global_desc,
         Path(summary_path).parent.parent,
         seconds,
+        global_path,
     )
 
 

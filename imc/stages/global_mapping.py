@@ -5,9 +5,11 @@ Global fallback (`global_fallback`): incremental mapping can leave a well-connec
 images in pieces, as on a narrow-angle ring of a weakly textured object (dinoSparseRing: its
 16 images, linked around the ring by pairs of hundreds of inliers, came back as overlapping
 models of 11, 8, 3 and 3). When the best model of some connected group of the pair graph holds
-less than `global_fallback` of its images, the verified pairs are also mapped by the global
-pipeline (pycolmap's defaults; which pairs: below), and its result is kept if its best models
-cover more images.
+less than `global_fallback` of its images, or the group's images are registered in more than
+one model (its pieces), the verified pairs are also mapped by the global pipeline (pycolmap's
+defaults; which pairs: below), and its result is kept if its best models cover more images, or
+as many and agree with clearly more verified inliers (`model_support`, by more than
+SUPPORT_MARGIN).
 
 The global pipeline trusts each pair's relative pose, and a few false pairs bend its whole model,
 where incremental mapping, checking every registration against the 3D points, sets them aside.
@@ -55,6 +57,14 @@ from .reconstruction import (
 )
 
 SUPPORT_MAX_ERROR = 4.0  # px: a verified match agrees with a model's poses (model_support)
+# Hypotheses whose model_support differs by less than this share are taken as equal: other
+# initial pairs and camera modes differ by 0.01-0.14 % on imc-bench (BENCHMARKS.md).
+SUPPORT_MARGIN = 0.002
+
+
+def clearly_more(support: int, than: int) -> bool:
+    """Whether `support` exceeds `than` by more than SUPPORT_MARGIN of it."""
+    return support > (1 + SUPPORT_MARGIN) * than
 
 
 def relative_inlier_levels(conf: dict) -> list[float]:
@@ -87,6 +97,14 @@ def coverage(
     return [max((len(g & r) for r in registered_sets), default=0) for g in groups]
 
 
+def split(
+    models: list[pycolmap.Reconstruction], groups: list[set[str]], name_of: dict[str, str]
+) -> list[bool]:
+    """For each group, whether its registered images are spread over more than one model."""
+    registered_sets = [registered_names(m, name_of) for m in models]
+    return [sum(1 for r in registered_sets if g & r) > 1 for g in groups]
+
+
 def global_pairs(
     names: list[str], verified: dict[tuple[str, str], dict], min_relative: float
 ) -> dict[tuple[str, str], dict]:
@@ -108,21 +126,23 @@ def model_support(
     name_of: dict[str, str],
     max_error: float = SUPPORT_MAX_ERROR,
 ) -> int:
-    """The verified inliers that the models' poses agree with: for each pair registered in one
+    """The verified inliers that the models' poses agree with: for each pair registered in a
     model, the matches whose Sampson distance to the epipolar geometry of the two posed cameras
-    is below `max_error` pixels (of the first camera's focal length)."""
+    is below `max_error` pixels (of the first camera's focal length). A pair registered in
+    several overlapping models counts once, in the model that agrees with most of its matches:
+    a model broken into overlapping pieces gains nothing from the overlap."""
     posed = [{name_of[im.name]: im for im in m.images.values() if im.has_pose} for m in models]
     in_pairs = {n for pair in verified for n in pair}
     keypoints = colmap_keypoints(features_path, sorted(in_pairs & set().union(*posed)))
-    total = 0
+    best: dict[tuple[str, str], int] = {}
     for model, images in zip(models, posed):
         for (a, b), v in verified.items():
             if a not in images or b not in images or not len(v["inliers"]):
                 continue
             pa, pb = keypoints[a][v["inliers"][:, 0]], keypoints[b][v["inliers"][:, 1]]
             err = epipolar_errors(model, images[a], images[b], pa, pb)
-            total += int((err < max_error).sum())
-    return total
+            best[a, b] = max(best.get((a, b), 0), int((err < max_error).sum()))
+    return sum(best.values())
 
 
 def epipolar_errors(
@@ -246,12 +266,14 @@ def fallback(
     t0: float,
 ) -> tuple[list[pycolmap.Reconstruction], str]:
     """Incremental `models` (in `sfm_dir`), or the global pipeline's (map_levels) when some
-    linked group's best model holds less than `global_fallback` of its images and the global
-    models cover more; they then replace `sfm_dir`. t0: time.monotonic() at the pass's start.
-    Returns the models kept and their mapper ("incremental" or "global")."""
+    linked group's best model holds less than `global_fallback` of its images or the group is
+    split over several models, and the global models cover more, or as many with clearly more
+    support (module docstring); they then replace `sfm_dir`. t0: time.monotonic() at the
+    pass's start. Returns the models kept and their mapper ("incremental" or "global")."""
     covered = coverage(models, run.linked_groups, run.name_of)
     share = run.conf["global_fallback"]
-    if all(c >= share * len(g) for c, g in zip(covered, run.linked_groups)):
+    pieces = split(models, run.linked_groups, run.name_of)
+    if not any(pieces) and all(c >= share * len(g) for c, g in zip(covered, run.linked_groups)):
         return models, "incremental"
     if run.end - time.monotonic() < time.monotonic() - t0:
         logger.warning("mapping %s: no time for the global fallback", run.dataset)
@@ -263,7 +285,16 @@ def fallback(
         "mapping %s: incremental models cover %s of groups of %s images, global ones %s",
         run.dataset, covered, [len(g) for g in run.linked_groups], alt_covered,
     )  # fmt: skip
-    if sum(alt_covered) > sum(covered):
+    more = sum(alt_covered) > sum(covered)
+    if not more and sum(alt_covered) == sum(covered):
+        support = model_support(models, run.verified, run.features, run.name_of)
+        alt_support = model_support(alt, run.verified, run.features, run.name_of)
+        more = clearly_more(alt_support, support)
+        logger.info(
+            "mapping %s: as many images covered; %d verified inliers agree with the incremental "
+            "models, %d with the global ones", run.dataset, support, alt_support,
+        )  # fmt: skip
+    if more:
         shutil.rmtree(sfm_dir, ignore_errors=True)
         os.replace(alt_dir, sfm_dir)
         return alt, "global"

@@ -10,7 +10,8 @@ gives one camera to the images of the same stored size and EXIF make, model and 
 (the size alone when the header has none); `auto` (the default) maps with per-image cameras, then
 shares the camera of each such group with at least MIN_GROUP_IMAGES registered images and maps
 again, keeping the second result if it registers more images, or as many with a mean
-reprojection error at most `1 + reprojection_tolerance` times the first's. One camera per
+reprojection error at most `1 + reprojection_tolerance` times the first's (when only one pass
+fell back to the global pipeline: clearly more agreeing inliers, `_choose`). One camera per
 group constrains bundle adjustment where the images really come from one camera (templeRing:
 score 83.1 with per-image cameras, 100.0 shared); where a group mixes cameras of different focal
 lengths, one shared camera cannot fit them and the reprojection error grows (synthetic: focal
@@ -61,7 +62,7 @@ from ..log import logger
 from ..poses import focal_prior_px
 from . import global_mapping
 from .feature_file import image_sizes
-from .global_mapping import concurrent_runs
+from .global_mapping import clearly_more, concurrent_runs, model_support
 from .reconstruction import (  # noqa: F401 (re-exported: the mapping stage's building blocks)
     INCREMENTAL_DEFAULTS,
     PIPELINES,
@@ -339,7 +340,11 @@ def _choose(
 ) -> list[pycolmap.Reconstruction]:
     """Of the per-image pass (`models`) and the pass with one camera per group of `groups`
     (name -> key; `second`), keep whichever registers more images, or as many within
-    `reprojection_tolerance`."""
+    `reprojection_tolerance`. When as many are registered and one pass fell back to the global
+    pipeline and the other did not, their reprojection errors do not compare (different
+    mappers, different bundle adjustments): the pass whose models agree with clearly more
+    verified inliers is kept (model_support, by more than SUPPORT_MARGIN), the errors deciding
+    only within that margin."""
     conf, result = run.conf, run.result
     n1, n2 = (registered(m, run.name_of, conf["min_model_size"]) for m in (models, second))
     e1, e2 = reprojection_error(models), reprojection_error(second)
@@ -348,7 +353,19 @@ def _choose(
         "%d shared %d images, %.3f px",
         run.dataset, n1, e1, len(set(groups.values())), n2, e2,
     )  # fmt: skip
-    if n2 > n1 or (n2 == n1 and e2 <= (1 + conf["reprojection_tolerance"]) * e1):
+    better = n2 > n1 or (n2 == n1 and e2 <= (1 + conf["reprojection_tolerance"]) * e1)
+    if n2 == n1 and second_mapper != result.mapper:
+        # one pass fell back to the global pipeline: errors of different mappers do not compare
+        s1, s2 = (
+            model_support(m, run.verified, run.features, run.name_of) for m in (models, second)
+        )
+        logger.info(
+            "mapping %s: %d verified inliers agree with the per-image %s models, %d with the "
+            "shared %s ones", run.dataset, s1, result.mapper, s2, second_mapper,
+        )  # fmt: skip
+        if clearly_more(s1, s2) or clearly_more(s2, s1):
+            better = s2 > s1
+    if better:
         result.cameras, result.mapper = "shared", second_mapper
         result.shared_groups = len(set(groups.values()))
         _keep(run.out_dir, "-shared")
