@@ -286,7 +286,7 @@ def fallback(
         run.dataset, covered, [len(g) for g in run.linked_groups], alt_covered,
     )  # fmt: skip
     more = sum(alt_covered) > sum(covered)
-    if not more and sum(alt_covered) == sum(covered):
+    if sum(alt_covered) == sum(covered):
         support = model_support(models, run.verified, run.features, run.name_of)
         alt_support = model_support(alt, run.verified, run.features, run.name_of)
         more = clearly_more(alt_support, support)

@@ -7,8 +7,8 @@ below `min_similarity` is dropped: two images that look nothing alike are not ma
 default (null) is the descriptor's own floor, MIN_SIMILARITY: the similarities of the two
 descriptors are on different scales. ALIKED's (mean and VLAD of the local descriptors): on
 imc-bench every pair of images of the same scene is at 0.57 or more (ETs; 0.60 to 0.72 on the
-other five datasets) and half the pairs across scenes or with a distractor are below 0.5
-(ETs: 70 of 150, mixed_entry_temple: 190 of 241), which LightGlue then need not match
+other five datasets), and of the pairs across scenes or with a distractor, 70 of ETs' 150 and
+190 of mixed_entry_temple's 241 are below 0.5, which LightGlue then need not match
 (BENCHMARKS.md; measured on the bench itself). DINOv2's floor is the k-NN one it always had.
 Pairs are `(a, b)` with a before b in the dataset order, sorted by that order.
 
