@@ -93,8 +93,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # global pipeline: drop pairs below each level x the strongest pair of the weaker of
         # their two images, map each, keep the models that agree with most verified inliers
         "global_min_relative_inliers": [0.2, 0.3, 0.4, 0.5, 0.6],
-        # ... each level mapped with this many seeds (runtime.seed, +1, ...): more hypotheses
-        "global_seeds": 3,
+        # ... each level mapped with runtime.seed; the global_restart_levels levels whose models
+        # agree with most verified inliers (0: all) with global_seeds seeds (+1, ...) in all
+        "global_seeds": 5,
+        "global_restart_levels": 2,
         "options": {},  # any pycolmap IncrementalPipelineOptions / mapper attribute
     },
     "runtime": {
@@ -292,6 +294,7 @@ EXPECT: dict[str, dict[str, Expect]] = {
             "a number in [0, 1] or a non-empty list of them", _ratios
         ),
         "global_seeds": integer(1),
+        "global_restart_levels": integer(0),
         "options": when(
             "a mapping of pycolmap option names to values", lambda v: isinstance(v, dict)
         ),

@@ -447,12 +447,9 @@ def test_global_pairs_keep_each_images_strongest_pair():
     assert global_mapping.global_pairs(names, verified, 0.0) == verified
 
 
-def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
-    """Neighbours on an arc share hundreds of inliers; four far pairs of 20 random
-    correspondences (with their 8-point F, as a repetitive texture gives) pull the global
-    pipeline's model apart unless the relatively weak pairs are dropped first. Given both
-    levels, the models that agree with more verified inliers (the unbroken ones) are kept."""
-    n = 8
+def _arc_with_false_pairs(n, tmp_path):
+    """n cameras on an arc, neighbours verified, and four far pairs of 20 random
+    correspondences with their 8-point F (as a repetitive texture gives)."""
     scene = make_scene(n_cams=n, noise=0.3)
     names = [f"im{i}.png" for i in range(n)]
     ds, feats = toy_dataset(scene, names, tmp_path)
@@ -467,6 +464,16 @@ def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
         p0, p1 = scene["keypoints"][i][m[:, 0]], scene["keypoints"][j][m[:, 1]]
         F, _ = cv2.findFundamentalMat(p0.astype(float), p1.astype(float), cv2.FM_8POINT)
         pairs[(names[i], names[j])] = {"inliers": m, "F": F, "num_matches": 20}
+    return scene, names, ds, feats, pairs
+
+
+def test_the_global_pipeline_is_spared_weak_false_pairs(tmp_path, caplog):
+    """Neighbours on an arc share hundreds of inliers; four far pairs of 20 random
+    correspondences (with their 8-point F, as a repetitive texture gives) pull the global
+    pipeline's model apart unless the relatively weak pairs are dropped first. Given both
+    levels, the models that agree with more verified inliers (the unbroken ones) are kept."""
+    n = 8
+    scene, names, ds, feats, pairs = _arc_with_false_pairs(n, tmp_path)
     ref = _centres(scene["poses"])
     spread = np.linalg.norm(ref - ref.mean(0), axis=1).mean()
     errors = {}
@@ -504,14 +511,46 @@ def test_each_global_level_is_mapped_with_each_seed_and_support_chooses(tmp_path
         result = mapping.main(conf, mapping.Inputs(ds, names, feats, pairs), tmp_path / "out")
     assert set(result.preds) == set(names)
     line = next(r.message for r in caplog.records if "global pipeline on" in r.message)
-    assert "seeds [5, 6]" in line
-    counts = [int(c) for c in line.split("seeds [5, 6]): [")[1].split("]")[0].split(",")]
+    assert "seed 5, then seeds [6] on levels [0.0]" in line
+    counts = [int(c) for c in line.split("agree")[0].split("): [")[1].split("]")[0].split(",")]
     assert len(counts) == 2  # one level, two seeds
     model = [pycolmap.Reconstruction(d) for d in sorted((tmp_path / "out" / "sfm").glob("[0-9]*"))]
     _, db_names = mapping.database_names(ds)
     name_of = {v: k for k, v in db_names.items()}
     assert global_mapping.model_support(model, pairs, feats, name_of) == max(counts)
     assert not list((tmp_path / "out").glob("*global*"))
+
+
+def test_more_seeds_go_to_the_levels_with_the_most_agreeing_inliers(tmp_path, caplog):
+    """Every level is mapped with runtime.seed first; then only the `global_restart_levels`
+    levels whose models agree with the most verified inliers get the other seeds (here the
+    level that drops the false pairs), or every level with 0. The models kept are those of the
+    run with the most agreeing inliers."""
+    scene, names, ds, feats, pairs = _arc_with_false_pairs(8, tmp_path)
+    lines = {}
+    for top in (1, 0):
+        over = {"mapper": "global", "camera_mode": "per_image", "global_seeds": 2}
+        over["global_restart_levels"] = top
+        conf = config.merge(config.DEFAULTS, {"mapping": over, "runtime": {"seed": 3}})
+        conf["mapping"]["global_min_relative_inliers"] = [0.0, 0.25]
+        out = tmp_path / f"top{top}"
+        caplog.clear()
+        with caplog.at_level("INFO", logger="imc"):
+            result = mapping.main(conf, mapping.Inputs(ds, names, feats, pairs), out)
+        assert set(result.preds) == set(names)
+        line = next(r.message for r in caplog.records if "global pipeline on" in r.message)
+        counts = [int(c) for c in line.split("agree")[0].split("): [")[1].split("]")[0].split(",")]
+        lines[top] = line
+        model = [pycolmap.Reconstruction(d) for d in sorted((out / "sfm").glob("[0-9]*"))]
+        name_of = {v: k for k, v in mapping.database_names(ds)[1].items()}
+        assert global_mapping.model_support(model, pairs, feats, name_of) == max(counts)
+        assert result.global_pairs == len(names) - 1  # a run of the level without false pairs
+        if top == 1:
+            assert counts[1] > counts[0]  # the false pairs bend level 0.0's model
+            assert len(counts) == 3 and "seed 3, then seeds [4] on levels [0.25]" in line
+        else:
+            assert len(counts) == 4 and "seed 3, then seeds [4] on levels [0.0, 0.25]" in line
+        assert not list(out.glob("*global*"))
 
 
 def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):

@@ -21,9 +21,12 @@ SUPPORT_MAX_ERROR px of the epipolar geometry of the two posed cameras). Which p
 ring keeps decides whether its arcs join at the right angle, in a way no single level predicts;
 a model joined wrongly contradicts the pairs at the joint, and the count of agreeing inliers
 shows it (dinoSparseRing: BENCHMARKS.md). The global pipeline starts from random camera
-positions, so the same pairs can join at the right angle with one seed and not with another;
-each level is therefore mapped with `global_seeds` seeds, and the same count chooses among all
-of them.
+positions, so the same pairs can join at the right angle with one seed and not with another
+(dinoSparseRing's level 0.5: the right joint with 8 of seeds 0-14, the others' levels give the
+same model whatever the seed). Each level is therefore mapped with one seed, then the
+`global_restart_levels` levels whose models agree with the most verified inliers are mapped
+again with `global_seeds` - 1 more: restarts go where the evidence is, and the same count
+chooses among all the runs.
 
 The kept models go to the pass's sfm folder with the database of the pairs they were mapped
 from, `<sfm folder>/database.db` (imc.stages.mapping.MappingResult.global_database). The global
@@ -172,13 +175,14 @@ def epipolar_errors(
 def map_levels(
     run: MappingRun, shared: dict[str, tuple], sfm_dir: Path
 ) -> list[pycolmap.Reconstruction]:
-    """The global pipeline on the pairs of each of `run.levels` (global_pairs), each level
-    mapped with `global_seeds` seeds (runtime.seed, runtime.seed + 1, ...); of all these
-    hypotheses, the models that agree with the most verified inliers (model_support; ties: the
-    first seed, then the first level) go to `sfm_dir` with their database. A level whose pairs
-    are those of the level before is skipped. The runs go `concurrent_runs` at a time, each
-    with `mapping_threads`, every level's first seed first; a wave starts only if the time left
-    exceeds what the last wave took. Returns the kept models, largest first; sets
+    """The global pipeline on the pairs of each of `run.levels` (global_pairs) with
+    runtime.seed, then on the `global_restart_levels` levels (0: all) whose models agree with
+    the most verified inliers (model_support) with the other `global_seeds` - 1 seeds
+    (runtime.seed + 1, ...); of all these hypotheses, the models that agree with the most
+    verified inliers (ties: the first seed, then the first level) go to `sfm_dir` with their
+    database. A level whose pairs are those of the level before is skipped. The runs go
+    `concurrent_runs` at a time, each with `mapping_threads`; a wave starts only if the time
+    left exceeds what the last wave took. Returns the kept models, largest first; sets
     `run.result.global_pairs`."""
     global_conf = {**run.conf, "mapper": "global"}
     if run.conf["mapper"] != "global":
@@ -189,23 +193,14 @@ def map_levels(
         if not levels or len(pairs) != len(levels[-1][1]):  # nested sets: same size, same pairs
             levels.append((k, pairs))
     seeds = [run.runtime["seed"] + j for j in range(run.conf["global_seeds"])]
-    todo = [(k, pairs, seed) for seed in seeds for k, pairs in levels]
-    done, took, width = [], 0.0, concurrent_runs(run.runtime)
-    for start in range(0, len(todo), width):
-        started = time.monotonic()
-        if start and run.end - started < took:
-            logger.warning("mapping %s: no time for more global levels", run.dataset)
-            break
-        wave = todo[start : start + width]
-        with ThreadPoolExecutor(len(wave), thread_name_prefix="global-level") as pool:
-            found = pool.map(
-                lambda job: _map_level(
-                    run, global_conf, job[1], shared, _level_dir(sfm_dir, job[0], job[2]), job[2]
-                ),
-                wave,
-            )
-            done += [(k, pairs, seed, *result) for (k, pairs, seed), result in zip(wave, found)]
-        took = time.monotonic() - started
+    waves = _Waves(run, global_conf, shared, sfm_dir)
+    done = waves.map([(k, pairs, seeds[0]) for k, pairs in levels])
+    restarted = []
+    if len(done) == len(levels) and len(seeds) > 1:
+        top = run.conf["global_restart_levels"] or len(levels)
+        ranked = sorted(range(len(levels)), key=lambda i: -done[i][4])  # stable: first level
+        restarted = sorted(ranked[:top])
+        done += waves.map([(*levels[i], seed) for seed in seeds[1:] for i in restarted])
     best, best_support = [], -1
     for k, pairs, seed, models, support in done:
         if support > best_support:
@@ -216,11 +211,43 @@ def map_levels(
             shutil.rmtree(_level_dir(sfm_dir, k, seed), ignore_errors=True)
     logger.info(
         "mapping %s: global pipeline on %s of %d pairs (min_relative_inliers %s, repeated "
-        "pair sets skipped; seeds %s): %s verified inliers agree with its models; kept %d pairs",
-        run.dataset, [len(p) for _, p in levels], len(run.verified), run.levels, seeds,
-        [d[4] for d in done], run.result.global_pairs,
+        "pair sets skipped; seed %d, then seeds %s on levels %s): %s verified inliers agree "
+        "with its models; kept %d pairs",
+        run.dataset, [len(p) for _, p in levels], len(run.verified), run.levels, seeds[0],
+        seeds[1:], [run.levels[levels[i][0]] for i in restarted], [d[4] for d in done],
+        run.result.global_pairs,
     )  # fmt: skip
     return best
+
+
+class _Waves:
+    """Runs global pipeline jobs (level index, pairs, seed) `concurrent_runs` at a time; a wave
+    starts only if the time left exceeds what the last wave took (over successive `map`
+    calls). `map` returns (level index, pairs, seed, models, support) of the jobs run, in the
+    jobs' order."""
+
+    def __init__(self, run: MappingRun, global_conf: dict, shared: dict, sfm_dir: Path):
+        self.run, self.conf, self.shared, self.sfm_dir = run, global_conf, shared, sfm_dir
+        self.took, self.width = 0.0, concurrent_runs(run.runtime)
+
+    def map(self, todo: list[tuple[int, dict, int]]) -> list[tuple]:
+        run, done = self.run, []
+        for start in range(0, len(todo), self.width):
+            started = time.monotonic()
+            if self.took and run.end - started < self.took:
+                logger.warning("mapping %s: no time for more global levels", run.dataset)
+                break
+            wave = todo[start : start + self.width]
+            with ThreadPoolExecutor(len(wave), thread_name_prefix="global-level") as pool:
+                found = pool.map(self._one, wave)
+                done += [(k, pairs, seed, *result) for (k, pairs, seed), result in zip(wave, found)]
+            self.took = time.monotonic() - started
+        return done
+
+    def _one(self, job: tuple[int, dict, int]) -> tuple[list[pycolmap.Reconstruction], int]:
+        k, pairs, seed = job
+        level_dir = _level_dir(self.sfm_dir, k, seed)
+        return _map_level(self.run, self.conf, pairs, self.shared, level_dir, seed)
 
 
 def concurrent_runs(runtime: dict) -> int:
