@@ -579,10 +579,11 @@ def test_model_support_counts_the_matches_that_fit_the_poses(tmp_path):
     )
 
 
-def test_model_support_counts_a_pair_of_overlapping_models_once(tmp_path):
-    """A pair registered in two overlapping models counts once, in the model whose poses fit
-    more of its matches: the same model twice has the support of one copy, and a copy with a
-    camera tilted adds nothing to the untouched one."""
+def test_model_support_counts_the_poses_the_submission_takes(tmp_path):
+    """Each image takes its pose from the first model (largest first) that registers it, as
+    the submission does: the same model twice has the support of one copy, a copy with a
+    camera tilted counts only where it comes first, and a pair whose images take their poses
+    from two different models counts nothing."""
     scene = make_scene(n_cams=4, noise=0.3, outlier_frac=0.0)
     names = [f"im{i}.png" for i in range(4)]
     ds, feats = toy_dataset(scene, names, tmp_path)
@@ -605,8 +606,18 @@ def test_model_support_counts_a_pair_of_overlapping_models_once(tmp_path):
     )
     worse = global_mapping.model_support([tilted], pairs, feats, name_of)
     assert worse < one
-    for models in ([model, tilted], [tilted, model]):
-        assert global_mapping.model_support(models, pairs, feats, name_of) == one
+    assert global_mapping.model_support([model, tilted], pairs, feats, name_of) == one
+    assert global_mapping.model_support([tilted, model], pairs, feats, name_of) == worse
+    # a piece holding im0 and im1 first: im2 and im3 take their poses from the whole model
+    piece = pycolmap.Reconstruction(model)
+    for im in list(piece.images.values()):
+        if name_of[im.name] in ("im2.png", "im3.png"):
+            piece.deregister_frame(im.frame_id)
+    kept = {p: v for p, v in pairs.items() if p in (("im0.png", "im1.png"), ("im2.png", "im3.png"))}
+    assert len(kept) == 2
+    within = global_mapping.model_support([model], kept, feats, name_of)
+    assert 0 < within < one
+    assert global_mapping.model_support([piece, model], pairs, feats, name_of) == within
 
 
 def test_camera_keys_tell_exif_cameras_apart(tmp_path):

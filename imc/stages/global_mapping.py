@@ -17,7 +17,8 @@ So it is given, for each level of `global_min_relative_inliers` in turn, only th
 least that fraction of the inliers of the strongest pair of the weaker of their two images (each
 image keeps its strongest pair), and the models kept are those that agree with the most verified
 inliers (`model_support`: the matches of every verified pair, the dropped ones included, within
-SUPPORT_MAX_ERROR px of the epipolar geometry of the two posed cameras). Which pairs a sparse
+SUPPORT_MAX_ERROR px of the epipolar geometry of the two posed cameras, each image posed as the
+submission poses it: by the largest model that registers it). Which pairs a sparse
 ring keeps decides whether its arcs join at the right angle, in a way no single level predicts;
 a model joined wrongly contradicts the pairs at the joint, and the count of agreeing inliers
 shows it (dinoSparseRing: BENCHMARKS.md). The global pipeline starts from random camera
@@ -129,23 +130,28 @@ def model_support(
     name_of: dict[str, str],
     max_error: float = SUPPORT_MAX_ERROR,
 ) -> int:
-    """The verified inliers that the models' poses agree with: for each pair registered in a
-    model, the matches whose Sampson distance to the epipolar geometry of the two posed cameras
-    is below `max_error` pixels (of the first camera's focal length). A pair registered in
-    several overlapping models counts once, in the model that agrees with most of its matches:
-    a model broken into overlapping pieces gains nothing from the overlap."""
-    posed = [{name_of[im.name]: im for im in m.images.values() if im.has_pose} for m in models]
+    """The verified inliers that the poses submitted agree with: each image takes its pose
+    from the first of `models` (largest first) that registers it, as the submission does
+    (imc.stages.mapping.assign_clusters); for each pair whose two images take their poses from
+    the same model, the matches whose Sampson distance to the epipolar geometry of the two
+    posed cameras is below `max_error` pixels (of the first camera's focal length). A pair
+    split between two models counts nothing (its images go to different clusters), so a model
+    broken into overlapping pieces gains nothing from the pieces the submission leaves out."""
+    posed, taken = [], set()
+    for m in models:
+        images = {name_of[im.name]: im for im in m.images.values() if im.has_pose}
+        posed.append({n: im for n, im in images.items() if n not in taken})
+        taken |= set(images)
     in_pairs = {n for pair in verified for n in pair}
-    keypoints = colmap_keypoints(features_path, sorted(in_pairs & set().union(*posed)))
-    best: dict[tuple[str, str], int] = {}
+    keypoints = colmap_keypoints(features_path, sorted(in_pairs & taken))
+    agree = 0
     for model, images in zip(models, posed):
         for (a, b), v in verified.items():
             if a not in images or b not in images or not len(v["inliers"]):
                 continue
             pa, pb = keypoints[a][v["inliers"][:, 0]], keypoints[b][v["inliers"][:, 1]]
-            err = epipolar_errors(model, images[a], images[b], pa, pb)
-            best[a, b] = max(best.get((a, b), 0), int((err < max_error).sum()))
-    return sum(best.values())
+            agree += int((epipolar_errors(model, images[a], images[b], pa, pb) < max_error).sum())
+    return agree
 
 
 def epipolar_errors(
