@@ -527,7 +527,6 @@ def test_more_seeds_go_to_the_levels_with_the_most_agreeing_inliers(tmp_path, ca
     level that drops the false pairs), or every level with 0. The models kept are those of the
     run with the most agreeing inliers."""
     scene, names, ds, feats, pairs = _arc_with_false_pairs(8, tmp_path)
-    lines = {}
     for top in (1, 0):
         over = {"mapper": "global", "camera_mode": "per_image", "global_seeds": 2}
         over["global_restart_levels"] = top
@@ -540,7 +539,6 @@ def test_more_seeds_go_to_the_levels_with_the_most_agreeing_inliers(tmp_path, ca
         assert set(result.preds) == set(names)
         line = next(r.message for r in caplog.records if "global pipeline on" in r.message)
         counts = [int(c) for c in line.split("agree")[0].split("): [")[1].split("]")[0].split(",")]
-        lines[top] = line
         model = [pycolmap.Reconstruction(d) for d in sorted((out / "sfm").glob("[0-9]*"))]
         name_of = {v: k for k, v in mapping.database_names(ds)[1].items()}
         assert global_mapping.model_support(model, pairs, feats, name_of) == max(counts)

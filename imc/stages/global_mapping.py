@@ -58,6 +58,7 @@ from .reconstruction import (
     colmap_keypoints,
     registered_names,
     run_mapper,
+    submitted_images,
 )
 
 SUPPORT_MAX_ERROR = 4.0  # px: a verified match agrees with a model's poses (model_support)
@@ -132,18 +133,15 @@ def model_support(
 ) -> int:
     """The verified inliers that the poses submitted agree with: each image takes its pose
     from the first of `models` (largest first) that registers it, as the submission does
-    (imc.stages.mapping.assign_clusters); for each pair whose two images take their poses from
-    the same model, the matches whose Sampson distance to the epipolar geometry of the two
-    posed cameras is below `max_error` pixels (of the first camera's focal length). A pair
-    split between two models counts nothing (its images go to different clusters), so a model
-    broken into overlapping pieces gains nothing from the pieces the submission leaves out."""
-    posed, taken = [], set()
-    for m in models:
-        images = {name_of[im.name]: im for im in m.images.values() if im.has_pose}
-        posed.append({n: im for n, im in images.items() if n not in taken})
-        taken |= set(images)
+    (imc.stages.reconstruction.submitted_images; models too small to be submitted still
+    count here); for each pair whose two images take their poses from the same model, the
+    matches whose Sampson distance to the epipolar geometry of the two posed cameras is below
+    `max_error` pixels (of the first camera's focal length). A pair split between two models
+    counts nothing (its images go to different clusters), so a model broken into overlapping
+    pieces gains nothing from the pieces the submission leaves out."""
+    posed = submitted_images(models, name_of)
     in_pairs = {n for pair in verified for n in pair}
-    keypoints = colmap_keypoints(features_path, sorted(in_pairs & taken))
+    keypoints = colmap_keypoints(features_path, sorted(in_pairs & set().union(*posed)))
     agree = 0
     for model, images in zip(models, posed):
         for (a, b), v in verified.items():

@@ -76,6 +76,7 @@ from .reconstruction import (  # noqa: F401 (re-exported: the mapping stage's bu
     registered_names,
     run_mapper,
     runtime_limit,
+    submitted_images,
 )
 
 CAMERA_MODES = ("auto", "per_image", "shared")
@@ -91,19 +92,11 @@ def assign_clusters(
     Returns: image name -> Prediction (registered images only).
     """
     preds: dict[str, Prediction] = {}
-    k = 0
-    for model in models:
-        poses = {}
-        for image in model.images.values():
-            if not image.has_pose or name_of[image.name] in preds:
-                continue
+    taken = [images for images in submitted_images(models, name_of, min_model_size) if images]
+    for k, images in enumerate(taken):
+        for name, image in images.items():
             m = image.cam_from_world().matrix()
-            poses[name_of[image.name]] = (m[:, :3].copy(), m[:, 3].copy())
-        if len(poses) < max(min_model_size, 1):
-            continue
-        for name, (R, t) in poses.items():
-            preds[name] = Prediction(cluster=f"cluster{k}", R=R, t=t)
-        k += 1
+            preds[name] = Prediction(cluster=f"cluster{k}", R=m[:, :3].copy(), t=m[:, 3].copy())
     return preds
 
 

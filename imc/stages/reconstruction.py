@@ -248,3 +248,24 @@ class MappingRun:
 def registered_names(model: pycolmap.Reconstruction, name_of: dict[str, str]) -> set[str]:
     """The dataset names of the images `model` registers."""
     return {name_of[im.name] for im in model.images.values() if im.has_pose}
+
+
+def submitted_images(
+    models: list[pycolmap.Reconstruction], name_of: dict[str, str], min_model_size: int = 1
+) -> list[dict[str, pycolmap.Image]]:
+    """For each of `models` (largest first), the registered images the submission takes from
+    it (dataset name -> image): those no earlier model took; none if they are fewer than
+    `min_model_size`, which leaves them to later models."""
+    taken: set[str] = set()
+    found = []
+    for model in models:
+        images = {
+            name_of[im.name]: im
+            for im in model.images.values()
+            if im.has_pose and name_of[im.name] not in taken
+        }
+        if len(images) < max(min_model_size, 1):
+            images = {}
+        taken |= set(images)
+        found.append(images)
+    return found
